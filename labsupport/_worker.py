@@ -1,0 +1,121 @@
+"""Entry point of one rank started by :func:`labsupport.launch` (``python -m labsupport._worker``).
+
+Everything it needs arrives in environment variables set by the parent: the pickled function,
+where to write the result, the rendezvous port (a TCPStore owned by the parent), the backend and
+the collective timeout. stdout/stderr are already files (the parent opened them).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+
+def _die_with_parent(parent_pid):
+    # Linux: the kernel kills us the moment the parent dies, even on SIGKILL.
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # macOS and others: the watchdog below covers it
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watchdog():
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watchdog, daemon=True, name="labsupport-watchdog").start()
+
+
+def _write_result(path, outcome):
+    import cloudpickle
+    import torch
+
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(outcome, f, pickle_module=cloudpickle)
+    os.replace(tmp, path)  # atomic: the parent never reads half a result
+
+
+def report_progress(store, iterable, desc, total):
+    """Rank 0 publishes (desc, total, n) to the parent's store; other ranks just iterate."""
+    if total is None:
+        total = len(iterable)
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield from iterable
+        return
+    store.set("labsupport/progress/desc", desc or "")
+    store.set("labsupport/progress/n", "0")
+    store.set("labsupport/progress/total", str(total))
+    for i, item in enumerate(iterable, 1):
+        yield item
+        store.set("labsupport/progress/n", str(i))
+
+
+def main():
+    # The parent handles Ctrl-C (and kills us); a rank printing its own KeyboardInterrupt
+    # traceback would only add noise to the cell.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(int(os.environ["LABSUPPORT_PARENT_PID"]))
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    backend = os.environ["LABSUPPORT_BACKEND"]
+    timeout = datetime.timedelta(seconds=float(os.environ["LABSUPPORT_TIMEOUT_S"]))
+    result_path = os.environ["LABSUPPORT_RESULT"]
+
+    import cloudpickle
+    import torch
+    import torch.distributed as dist
+
+    if backend == "gloo":
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    try:
+        with open(os.environ["LABSUPPORT_PAYLOAD"], "rb") as f:
+            fn, args, kwargs = cloudpickle.load(f)
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                              False, timeout=timeout)
+        # This file runs as __main__; the labsupport modules the user's code imports are other
+        # module objects, so the store is handed to them explicitly.
+        from labsupport import launcher
+        launcher._CHILD_STORE = store
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
+        dist.init_process_group(backend, store=dist.PrefixStore("pg", store), rank=rank,
+                                world_size=world, timeout=timeout)
+        value = fn(rank, world, *args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Drop this file's own frame: the student's code is what the traceback should show.
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next))
+        _write_result(result_path, ("error", type(exc).__name__, str(exc).split("\n")[0][:500],
+                                    tb))
+        os._exit(1)  # don't run process-group teardown against peers that may be gone
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        _write_result(result_path, ("ok", value))
+    except Exception:  # noqa: BLE001 - e.g. a return value that cannot be pickled
+        _write_result(result_path, ("error", "ResultError",
+                                    f"rank {rank}'s return value could not be sent back",
+                                    traceback.format_exc()))
+        os._exit(1)
+    # Stay in the group until every rank is done, so a peer still inside a collective we
+    # skipped times out cleanly instead of seeing our socket close.
+    store.wait(["labsupport/release"], datetime.timedelta(days=1))
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

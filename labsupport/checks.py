@@ -1,0 +1,239 @@
+"""Check-cell helpers: run a student's function against a reference and explain the mistake.
+
+A failed check raises ``AssertionError`` whose message says what is wrong in the terms of the lab
+("the shards are joined along dim 0; the column shards of Y must be joined along the last dim"),
+never a bare ``assert``. A function that still raises ``NotImplementedError`` gives a
+``NotImplementedError`` that says which exercise is unfinished.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["assert_close", "explain_mismatch", "check_function", "check_gather_list",
+           "check_ring_all_gather", "not_implemented", "passed"]
+
+
+def passed(name, detail=""):
+    print(f"✔ {name}: correct{(' — ' + detail) if detail else ''}")
+
+
+def not_implemented(name, error=None):
+    return NotImplementedError(
+        f"{name} is not implemented yet: replace `raise NotImplementedError()` in its exercise "
+        "cell with your code, run that cell, then run this check again.")
+
+
+def _scale_factor(actual, expected):
+    """Least-squares s with actual ≈ s·expected (None when expected is all zeros)."""
+    denom = float((expected.double() * expected.double()).sum())
+    if denom == 0.0:
+        return None
+    return float((actual.double() * expected.double()).sum()) / denom
+
+
+def _near(a, b, rel=0.02):
+    return abs(a - b) <= rel * abs(b)
+
+
+def _close(a, b, rtol, atol):
+    return a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=rtol, atol=atol)
+
+
+def explain_mismatch(actual, expected, *, what="output", rtol=1e-5, atol=1e-6,
+                     world_size=None, partials=None):
+    """Why ``actual`` is not ``expected`` (None when they match within rtol/atol).
+
+    Args:
+        actual, expected: tensors.
+        world_size: enables the "off by a factor of world size" and "joined along the wrong
+            dim" diagnoses.
+        partials: what each rank held *before* the collective the exercise needs (e.g. its local
+            partial product); an ``actual`` equal to one of them means the collective is missing.
+    """
+    if isinstance(actual, (list, tuple)) and isinstance(expected, torch.Tensor):
+        return (f"{what} is a {type(actual).__name__} of {len(actual)} items; return one tensor "
+                f"of shape {tuple(expected.shape)} (join the pieces with torch.cat)")
+    if not isinstance(actual, torch.Tensor):
+        return f"{what} should be a torch.Tensor, got {type(actual).__name__}"
+    if actual.dtype != expected.dtype:
+        return f"{what} has dtype {actual.dtype}, expected {expected.dtype}"
+    if actual.shape != expected.shape:
+        return _explain_shape(actual, expected, what, world_size, partials)
+    if _close(actual, expected, rtol, atol):
+        return None
+    if partials is not None:
+        for r, part in enumerate(partials):
+            if _close(actual, part, rtol, atol):
+                return (f"{what} equals rank {r}'s local result before communication: the "
+                        "collective that combines the ranks' results is missing")
+    if world_size and world_size > 1 and actual.is_floating_point():
+        s = _scale_factor(actual, expected)
+        if s is not None and _close(actual, s * expected, max(rtol, 1e-4), atol):
+            if _near(s, world_size):
+                return (f"{what} is {world_size}× too large (off by a factor of world size "
+                        f"{world_size}): something is summed over ranks that should not be — "
+                        "e.g. all-reducing values every rank already holds in full, or reducing twice")
+            if _near(s, 1 / world_size):
+                return (f"{what} is {world_size}× too small (divided by world size "
+                        f"{world_size}): the ranks' contributions should be summed, not averaged")
+            return f"{what} is the right values scaled by {s:.4g}"
+    diff = (actual.double() - expected.double()).abs()
+    bad = diff > atol + rtol * expected.double().abs()
+    idx = tuple(int(i) for i in torch.nonzero(bad)[0])
+    return (f"{what} differs from the reference in {int(bad.sum())} of {bad.numel()} elements "
+            f"(max |error| {float(diff.max()):.3g}; e.g. at index {idx}: got "
+            f"{float(actual[idx]):.6g}, expected {float(expected[idx]):.6g}; "
+            f"tolerance rtol={rtol:g}, atol={atol:g})")
+
+
+def _explain_shape(actual, expected, what, world_size, partials):
+    got, want = tuple(actual.shape), tuple(expected.shape)
+    head = f"{what} has shape {got}, expected {want}"
+    if partials is not None and any(tuple(p.shape) == got for p in partials):
+        return (f"{head}: that is the shape of one rank's local piece — the collective that "
+                "joins the pieces is missing")
+    if world_size and len(got) == len(want) and actual.numel() == expected.numel():
+        grown = [d for d in range(len(got)) if got[d] == want[d] * world_size]
+        shrunk = [d for d in range(len(got)) if got[d] * world_size == want[d]]
+        if grown and shrunk:
+            nd = len(want)
+            return (f"{head}: the {world_size} pieces are joined along dim {grown[0]}, "
+                    f"but they must be joined along dim {shrunk[0]}"
+                    + (" (the last dim)" if shrunk[0] == nd - 1 else ""))
+    if sorted(got) == sorted(want) and len(got) == 2:
+        return f"{head}: it looks transposed"
+    return head
+
+
+def assert_close(actual, expected, **kwargs):
+    """Raise AssertionError with :func:`explain_mismatch`'s explanation unless they match."""
+    problem = explain_mismatch(actual, expected, **kwargs)
+    if problem:
+        raise AssertionError(problem)
+
+
+def check_function(student_fn, reference_fn, make_inputs, *, name=None, trials=3, seed=0,
+                   rtol=1e-5, atol=1e-6, world_size=None):
+    """Compare ``student_fn(*inputs)`` with ``reference_fn(*inputs)`` on fresh random inputs.
+
+    ``make_inputs(generator)`` returns a tuple of arguments; each trial gets new ones.
+    """
+    name = name or getattr(student_fn, "__name__", "your function")
+    gen = torch.Generator().manual_seed(seed)
+    for trial in range(trials):
+        inputs = make_inputs(gen)
+        try:
+            got = student_fn(*inputs)
+        except NotImplementedError as exc:
+            raise not_implemented(name, exc) from None
+        want = reference_fn(*inputs)
+        shapes = ", ".join(str(tuple(x.shape)) for x in inputs if isinstance(x, torch.Tensor))
+        problem = explain_mismatch(got, want, what=f"{name}'s result", rtol=rtol, atol=atol,
+                                   world_size=world_size)
+        if problem:
+            raise AssertionError(f"trial {trial + 1} (inputs of shape {shapes}): {problem}")
+    passed(name, f"{trials} random trials, rtol={rtol:g}, atol={atol:g}")
+
+
+def check_gather_list(got, inputs, *, name, rank):
+    """Explain why ``got`` is not the all-gather of ``inputs`` (list, one tensor per rank)."""
+    world = len(inputs)
+    where = f"on rank {rank}, {name}"
+    if not isinstance(got, (list, tuple)):
+        if isinstance(got, torch.Tensor) and got.shape[0] == world * inputs[0].shape[0]:
+            return (f"{where} returned one concatenated tensor; return a list with one tensor per "
+                    "rank, like dist.all_gather fills")
+        return f"{where} returned {type(got).__name__}; expected a list of {world} tensors"
+    if len(got) != world:
+        return f"{where} returned {len(got)} tensors; expected one per rank ({world})"
+    for i, (g, want) in enumerate(zip(got, inputs)):
+        if not isinstance(g, torch.Tensor) or g.shape != want.shape or g.dtype != want.dtype:
+            desc = (f"shape {tuple(g.shape)} {g.dtype}" if isinstance(g, torch.Tensor)
+                    else type(g).__name__)
+            return (f"{where}: item {i} is {desc}; expected shape {tuple(want.shape)} "
+                    f"{want.dtype} (rank {i}'s tensor)")
+        if torch.equal(g, want):
+            continue
+        holders = [j for j, other in enumerate(inputs) if torch.equal(g, other)]
+        if holders == [rank] and i != rank:
+            return (f"{where}: item {i} is this rank's own tensor, not rank {i}'s — that piece "
+                    "was never received (or the receive buffer was reused)")
+        if holders:
+            return (f"{where}: item {i} holds rank {holders[0]}'s tensor; item i must be rank "
+                    "i's tensor — check which index you send and which you receive into at "
+                    "each step")
+        if not g.any():
+            return f"{where}: item {i} is all zeros — the receive into it never happened"
+        return f"{where}: item {i} matches no rank's tensor (max |error| " \
+               f"{float((g.double() - want.double()).abs().max()):.3g})"
+    return None
+
+
+def _ring_check_rank(rank, world_size, student_fn, shape, dtype, seed):
+    """Runs on every rank: the student's all-gather vs torch's, on this rank's fresh tensor."""
+    import torch.distributed as dist
+
+    gen = torch.Generator().manual_seed(seed * 1000 + rank)
+    if dtype.is_floating_point:
+        mine = torch.randn(shape, generator=gen, dtype=dtype)
+    else:
+        mine = torch.randint(-1000, 1000, shape, generator=gen, dtype=dtype)
+    original = mine.clone()
+    expected = [torch.empty_like(mine) for _ in range(world_size)]
+    dist.all_gather(expected, mine)
+    forbidden = ("all_gather", "all_gather_into_tensor", "all_gather_object", "all_reduce",
+                 "broadcast", "reduce_scatter", "gather")
+    saved = {n: getattr(dist, n) for n in forbidden}
+
+    def refuse(op):
+        def call(*a, **k):
+            raise AssertionError(f"the exercise builds all-gather from send/recv alone; "
+                                 f"your function called dist.{op}")
+        return call
+
+    for op in forbidden:
+        setattr(dist, op, refuse(op))
+    try:
+        got = student_fn(mine, rank, world_size)
+    except NotImplementedError:
+        return ("not_implemented", None)
+    except AssertionError as exc:
+        return ("forbidden", str(exc))
+    finally:
+        for op, fn in saved.items():
+            setattr(dist, op, fn)
+    if not torch.equal(mine, original):
+        return ("mutated", "your function changed its input tensor in place")
+    return ("ok", check_gather_list(got, expected, name="ring_all_gather", rank=rank))
+
+
+def check_ring_all_gather(student_fn, world_sizes=(2, 4), shape=(3, 5), dtype=torch.float32,
+                          timeout_s=20, seed=0, name="ring_all_gather"):
+    """Check a send/recv ring all-gather against ``dist.all_gather`` on several world sizes."""
+    from .launcher import LaunchError, launch
+
+    for world_size in world_sizes:
+        try:
+            results = launch(_ring_check_rank, world_size, student_fn, shape, dtype, seed,
+                             timeout_s=timeout_s)
+        except LaunchError as exc:
+            if "NotImplementedError" in exc.traceback:
+                raise not_implemented(name) from None
+            if "timed out" in str(exc).lower() or "timeout" in exc.traceback.lower():
+                raise AssertionError(
+                    f"{name} deadlocked with {world_size} ranks on a tensor of shape {shape}: "
+                    f"every rank waited more than {timeout_s} s in a send or recv that no peer "
+                    "matched. If every rank sends before it receives, large messages block: "
+                    "post the send with dist.isend (or alternate send/recv order by rank "
+                    "parity) and check each step's source and destination ranks.") from None
+            raise AssertionError(f"{name} failed with {world_size} ranks:\n{exc}") from None
+        for status, detail in results:
+            if status == "not_implemented":
+                raise not_implemented(name)
+            if detail:
+                raise AssertionError(f"with {world_size} ranks, shape {shape}, {dtype}: {detail}")
+    numel = math.prod(shape)
+    passed(name, f"matches dist.all_gather on {', '.join(map(str, world_sizes))} ranks "
+                 f"({numel} × {dtype} per rank)")

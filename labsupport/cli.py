@@ -1,0 +1,94 @@
+"""The ``labs`` command: build student notebooks, run a lab headless, report the hardware, open JupyterLab."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from . import course
+
+
+def cmd_build(args):
+    result = course.build(check_only=args.check)
+    for path in result.written:
+        print(("differs: " if args.check else "wrote ") + str(path))
+    print(f"{len(result.written)} {'out of date' if args.check else 'written'}, "
+          f"{len(result.unchanged)} unchanged")
+    return 1 if (args.check and result.written) else 0
+
+
+def cmd_run(args):
+    import nbformat
+
+    folder = "notebooks" if args.student else "solutions"
+    path = course.find_lab(args.lab, folder=folder)
+    out_dir = course.repo_root() / args.out / folder
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"running {path} ...", flush=True)
+    start = time.perf_counter()
+    nb, failures = course.execute(path, timeout_s=args.timeout)
+    elapsed = time.perf_counter() - start
+    target = out_dir / path.name
+    nbformat.write(nb, target)
+    unexpected = [f for f in failures if not f.expected]
+    for f in failures:
+        label = "expected (exercise/check)" if f.expected else "FAILED"
+        print(f"  cell {f.index}: {label}: {f.ename}: {f.evalue[:200]}")
+    print(f"{path.stem}: {len(nb.cells)} cells in {elapsed:.1f} s, "
+          f"{len(unexpected)} unexpected failure(s); executed copy: {target}")
+    return 1 if unexpected else 0
+
+
+def cmd_check(args):
+    from .devices import describe_hardware
+
+    describe_hardware()
+    return 0
+
+
+def cmd_open(args):
+    """Start JupyterLab on the student notebooks (or the solutions, for instructors)."""
+    folder = course.repo_root() / ("solutions" if args.solutions else "notebooks")
+    argv = [sys.executable, "-m", "jupyterlab", f"--notebook-dir={folder}"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        argv.append("--allow-root")  # JupyterLab refuses to run as root without it (containers, CI)
+    argv += args.jupyter_args
+    print(" ".join(argv), flush=True)
+    os.execv(sys.executable, argv)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="labs", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="write notebooks/ (student versions) from solutions/")
+    p.add_argument("--check", action="store_true", help="only report notebooks that are out of date")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("run", help="execute one lab headless and report failing cells")
+    p.add_argument("lab", help="lab number or name, e.g. 00 or 00_ranks_and_collectives")
+    p.add_argument("--student", action="store_true",
+                   help="run the student version (exercise and check cells are expected to fail)")
+    p.add_argument("--out", default="build/executed", help="where to write the executed copy")
+    p.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="report CPUs, GPUs, the distributed backend and versions")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("open", help="open the course in JupyterLab")
+    p.add_argument("--solutions", action="store_true", help="open the instructor solutions")
+    p.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="passed on to jupyter lab")
+    p.set_defaults(func=cmd_open)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except course.BuildError as exc:
+        print(f"labs {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""One source for every lab: build student notebooks from solutions, and run labs headless.
+
+Solutions (``solutions/NN_topic.ipynb``) are the source of truth. They use nbgrader's conventions:
+
+- an exercise cell has ``metadata.nbgrader.solution = true`` and its answer between
+  ``### BEGIN SOLUTION`` / ``### END SOLUTION``;
+- a check cell has ``metadata.nbgrader.grade = true`` with a ``grade_id`` and ``points``; checks the
+  student must not see sit between ``### BEGIN HIDDEN TESTS`` / ``### END HIDDEN TESTS``.
+
+``build_student`` replaces each answer with ``# YOUR CODE HERE`` + ``raise NotImplementedError()``
+(same indentation), drops hidden tests and outputs, and tags the cells that must fail in a fresh
+student notebook (check cells, and exercise cells whose ``raise`` is at top level) with nbval's
+``raises-exception``.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
+BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+RAISES_TAG = "raises-exception"
+_MARKER_LINE = re.compile(r"^(?P<indent>[ \t]*)(?P<marker>### (?:BEGIN|END) (?:SOLUTION|HIDDEN TESTS))\s*$")
+
+
+class BuildError(ValueError):
+    """A solution notebook breaks the one-source conventions (the message says where and how)."""
+
+
+def repo_root(start=None):
+    """The course checkout: the nearest folder above ``start`` (default: cwd) holding solutions/,
+    else the folder this package was installed from (an editable install)."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "solutions").is_dir() and (folder / "labsupport").is_dir():
+            return folder
+    return Path(__file__).resolve().parent.parent
+
+
+def lab_paths(root=None, folder="solutions"):
+    """Lab notebooks in ``folder`` (solutions or notebooks), sorted by lab number."""
+    return sorted((repo_root(root) / folder).glob("[0-9][0-9]_*.ipynb"))
+
+
+def find_lab(number_or_name, root=None, folder="solutions"):
+    """The notebook for lab ``"00"``, ``0`` or ``"00_ranks_and_collectives"``."""
+    key = str(number_or_name)
+    if key.isdigit():
+        key = f"{int(key):02d}_"
+    matches = [p for p in lab_paths(root, folder) if p.stem.startswith(key) or p.stem == key]
+    if len(matches) != 1:
+        known = ", ".join(p.stem for p in lab_paths(root, folder)) or "none"
+        raise BuildError(f"no single lab matches {number_or_name!r} in {folder}/ (labs: {known})")
+    return matches[0]
+
+
+def nbgrader_meta(cell):
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
+def is_check_cell(cell):
+    return bool(nbgrader_meta(cell).get("grade"))
+
+
+def is_exercise_cell(cell):
+    return bool(nbgrader_meta(cell).get("solution"))
+
+
+def _replace_regions(source, where):
+    """Rewrite marked regions of one cell; returns (new source, solution raise at top level?)."""
+    out, mode, top_level_raise = [], None, False
+    for lineno, line in enumerate(source.splitlines(), 1):
+        m = _MARKER_LINE.match(line)
+        marker = m.group("marker") if m else None
+        if marker in (BEGIN_SOLUTION, BEGIN_HIDDEN):
+            if mode:
+                raise BuildError(f"{where}, line {lineno}: {marker} inside an open region")
+            mode = marker
+            if marker == BEGIN_SOLUTION:
+                indent = m.group("indent")
+                out += [f"{indent}# YOUR CODE HERE", f"{indent}raise NotImplementedError()"]
+                top_level_raise |= indent == ""
+        elif marker in (END_SOLUTION, END_HIDDEN):
+            expected = BEGIN_SOLUTION if marker == END_SOLUTION else BEGIN_HIDDEN
+            if mode != expected:
+                raise BuildError(f"{where}, line {lineno}: {marker} without {expected}")
+            mode = None
+        elif mode is None:
+            out.append(line)
+    if mode:
+        raise BuildError(f"{where}: {mode} is never closed")
+    return "\n".join(out), top_level_raise
+
+
+def build_student(solution_nb, name="notebook"):
+    """The student version of a solution notebook (a new NotebookNode)."""
+    nb = copy.deepcopy(solution_nb)
+    for index, cell in enumerate(nb.cells):
+        where = f"{name}, cell {index}"
+        has_solution = BEGIN_SOLUTION in cell.source
+        if has_solution and not is_exercise_cell(cell):
+            raise BuildError(f"{where} has {BEGIN_SOLUTION} but no nbgrader solution=true metadata")
+        if is_check_cell(cell) and not nbgrader_meta(cell).get("grade_id"):
+            raise BuildError(f"{where} is a check cell without a grade_id")
+        if cell.cell_type == "markdown":
+            if has_solution:
+                cell.source = re.sub(rf"{BEGIN_SOLUTION}.*?{END_SOLUTION}", "YOUR ANSWER HERE",
+                                     cell.source, flags=re.S)
+            continue
+        if cell.cell_type != "code":
+            continue
+        cell.source, top_level_raise = _replace_regions(cell.source, where)
+        cell.outputs, cell.execution_count = [], None
+        tags = [t for t in cell.metadata.get("tags", []) if t != RAISES_TAG]
+        if is_check_cell(cell) or top_level_raise:
+            tags.append(RAISES_TAG)
+        if tags:
+            cell.metadata["tags"] = tags
+        else:
+            cell.metadata.pop("tags", None)
+    return nb
+
+
+def clear_outputs(nb):
+    """Drop outputs and execution counts in place (committed notebooks carry none)."""
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        cell.metadata.pop("execution", None)
+    return nb
+
+
+def render(nb):
+    """The exact text a notebook is written as (so tests can compare files byte for byte)."""
+    return nbformat.writes(nb) + "\n"
+
+
+@dataclass
+class BuildResult:
+    written: list
+    unchanged: list
+
+
+def build(root=None, check_only=False):
+    """Write notebooks/ from solutions/. With ``check_only``, write nothing and list what differs."""
+    root = repo_root(root)
+    out_dir = root / "notebooks"
+    out_dir.mkdir(exist_ok=True)
+    written, unchanged = [], []
+    for path in lab_paths(root):
+        text = render(build_student(nbformat.read(path, as_version=4), name=path.name))
+        target = out_dir / path.name
+        if target.exists() and target.read_text() == text:
+            unchanged.append(target)
+            continue
+        written.append(target)
+        if not check_only:
+            target.write_text(text)
+    return BuildResult(written, unchanged)
+
+
+@dataclass
+class CellFailure:
+    index: int
+    ename: str
+    evalue: str
+    expected: bool
+
+
+def execute(path, timeout_s=600, cwd=None):
+    """Run a notebook in a fresh kernel of this Python; returns (executed nb, failures)."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(cwd or Path(path).parent)}})
+    client.execute()
+    failures = []
+    for index, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if out.get("output_type") == "error":
+                expected = RAISES_TAG in cell.metadata.get("tags", [])
+                failures.append(CellFailure(index, out.get("ename", ""), out.get("evalue", ""),
+                                            expected))
+    return nb, failures

@@ -1,0 +1,92 @@
+"""What hardware is here, and which torch.distributed backend a launch should use."""
+from __future__ import annotations
+
+import os
+import platform
+
+BACKENDS = ("gloo", "nccl")
+
+
+def gpu_count():
+    """Number of CUDA GPUs visible to this process (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_backend(world_size, backend=None):
+    """The backend for ``world_size`` ranks: NCCL with one GPU per rank when enough exist, else gloo.
+
+    Raises ValueError (before any process starts) for an unknown backend or NCCL without enough GPUs.
+    """
+    gpus = gpu_count()
+    if backend is None:
+        return "nccl" if gpus >= world_size else "gloo"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)} "
+                         "(or leave backend=None to pick automatically)")
+    if backend == "nccl" and gpus < world_size:
+        raise ValueError(
+            f"backend='nccl' needs one GPU per rank: {world_size} ranks but {gpus} GPU(s) visible. "
+            f"Use world_size<={gpus} or backend='gloo' (CPU processes stand in for GPUs)."
+            if gpus else
+            f"backend='nccl' needs one GPU per rank, but no GPU is visible. "
+            "Use backend='gloo' (or leave backend=None) to run on CPU processes.")
+    return backend
+
+
+def cpu_count():
+    """CPU cores this process may use (respects affinity masks and containers where possible)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def hardware_report():
+    """A dict describing this machine: CPUs, GPUs, default backend and package versions."""
+    import torch
+
+    gpus = gpu_count()
+    report = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda or "none (CPU build)",
+        "gpus": gpus,
+        "gpu_names": [torch.cuda.get_device_name(i) for i in range(gpus)],
+        "default backend (2 ranks)": resolve_backend(2),
+        "nccl available": bool(torch.distributed.is_nccl_available()),
+        "gloo available": bool(torch.distributed.is_gloo_available()),
+    }
+    for name in ("deepspeed", "jupyterlab", "ipywidgets", "matplotlib", "nbval"):
+        report[name] = _version_of(name)
+    return report
+
+
+def _version_of(dist_name):
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist_name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def describe_hardware():
+    """Print :func:`hardware_report` as aligned lines, with a word on what it means for the labs."""
+    report = hardware_report()
+    width = max(map(len, report))
+    for key, value in report.items():
+        print(f"{key:<{width}}  {value}")
+    if report["gpus"] >= 2:
+        print(f"\n{report['gpus']} GPUs: ranks run on NCCL, one GPU each.")
+    else:
+        print("\nFewer than 2 GPUs: each rank is a CPU process talking over gloo (it stands in for "
+              "a GPU). Collectives, schedules and gradients are the real thing; absolute times are "
+              "CPU times.")
+    if report["cpus"] < 4:
+        print(f"Only {report['cpus']} CPU core(s): runs with more ranks than cores share cores, "
+              "so their timings are not representative.")
+    return report

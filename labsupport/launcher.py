@@ -1,0 +1,327 @@
+"""Run one function on N ranks: the course's launcher.
+
+``launch(fn, world_size, ...)`` starts ``world_size`` fresh Python processes, initialises the
+default process group in each (gloo on CPU, NCCL with one GPU per rank), runs
+``fn(rank, world_size, *args, **kwargs)`` and returns the values in rank order.
+
+How it works, and why:
+- ``fn`` usually lives in a notebook (``__main__``), which a child process cannot import, so the
+  parent serialises it *by value* with cloudpickle and the children start from
+  ``labsupport._worker`` (a fresh interpreter: the equivalent of the "spawn" start method, safe
+  after CUDA is initialised).
+- The parent owns the rendezvous ``TCPStore`` on a port the OS picks (port 0), so back-to-back
+  launches never collide on a port, and it keeps the store until every child is gone.
+- Each child writes its stdout/stderr straight into a file (file-descriptor level, so output of
+  C++ code such as gloo or DeepSpeed is captured too); the parent prints the files in rank order
+  with a ``[rank N]`` prefix. Under Jupyter this is what makes rank output appear in the cell.
+- A finished rank waits for the parent's "release" before tearing down its process group, so a
+  rank that skipped a collective leaves the others to time out after ``timeout_s`` (a clean,
+  explainable error) instead of seeing a connection reset.
+- Children die with the parent (PR_SET_PDEATHSIG on Linux, a watchdog thread elsewhere); the
+  parent kills every child on error, timeout and KeyboardInterrupt.
+
+When the process was itself started by ``torchrun`` or the ``deepspeed`` launcher (RANK and
+WORLD_SIZE set), ``launch`` runs ``fn`` in place for this rank, so lab code scales out unchanged.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from .devices import resolve_backend
+
+__all__ = ["launch", "LaunchError", "progress"]
+
+_POLL_S = 0.02
+_CHILD_STORE = None  # set in launched ranks (by labsupport._worker) to the parent's store
+_GRACE_S = 3.0
+
+
+class LaunchError(RuntimeError):
+    """A rank failed (raised, crashed or timed out) inside :func:`launch`.
+
+    Attributes:
+        rank: the first rank that failed.
+        traceback: that rank's original traceback, as text ("" when it died without one).
+        unfinished: ranks that had not returned when the launch was stopped.
+        outputs: every rank's captured output, in rank order.
+    """
+
+    def __init__(self, message, rank=None, traceback="", unfinished=(), outputs=()):
+        super().__init__(message)
+        self.rank = rank
+        self.traceback = traceback
+        self.unfinished = list(unfinished)
+        self.outputs = list(outputs)
+
+
+def launch(fn, world_size, *args, timeout_s=60, backend=None, **kwargs):
+    """Run ``fn(rank, world_size, *args, **kwargs)`` on ``world_size`` ranks.
+
+    Args:
+        fn: any picklable-by-value callable, including one defined in a notebook cell.
+        world_size: number of ranks (processes), at least 1.
+        timeout_s: how long a rank may wait inside one collective or send/recv (the process
+            group's timeout). A collective that some rank never joins fails after about this long.
+        backend: "gloo" or "nccl"; default NCCL when there is one GPU per rank, else gloo.
+
+    Returns:
+        list of the ranks' return values, in rank order (one value when running in place under
+        torchrun/deepspeed: this rank's).
+
+    Raises:
+        ValueError: bad ``world_size``/``backend`` (before any process starts).
+        LaunchError: a rank raised, crashed or timed out; the others were stopped.
+    """
+    if _inside_external_launcher():
+        return [_run_in_place(fn, args, kwargs, timeout_s, backend)]
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(
+            f"world_size must be a whole number of ranks >= 1, got {world_size!r}: "
+            "pass e.g. launch(fn, 2)")
+    if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
+        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    backend = resolve_backend(world_size, backend)
+    return _Launch(fn, world_size, args, kwargs, timeout_s, backend).run()
+
+
+def _inside_external_launcher():
+    return ("RANK" in os.environ and "WORLD_SIZE" in os.environ
+            and "LABSUPPORT_CHILD" not in os.environ)
+
+
+def _run_in_place(fn, args, kwargs, timeout_s, backend):
+    """Under torchrun/deepspeed: this process is one rank; the launcher did the rest."""
+    import torch
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if not dist.is_initialized():
+        if backend is None:
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+            backend = "nccl" if torch.cuda.device_count() >= local > 0 else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return fn(rank, world, *args, **kwargs)
+
+
+@dataclass
+class _Rank:
+    rank: int
+    proc: subprocess.Popen
+    log_path: str
+    result_path: str
+    returned: bool = False
+    outcome: tuple | None = field(default=None, repr=False)
+
+
+class _Launch:
+    """One launch: owns the temp dir, the store and the child processes."""
+
+    def __init__(self, fn, world_size, args, kwargs, timeout_s, backend):
+        self.fn, self.world_size, self.args, self.kwargs = fn, world_size, args, kwargs
+        self.timeout_s, self.backend = timeout_s, backend
+        self.ranks: list[_Rank] = []
+        self.progress_bar = None
+
+    def run(self):
+        import cloudpickle
+        import torch.distributed as dist
+
+        self.tmp = tempfile.mkdtemp(prefix="labsupport-launch-")
+        try:
+            payload = os.path.join(self.tmp, "payload.pkl")
+            with open(payload, "wb") as f:
+                cloudpickle.dump((self.fn, self.args, self.kwargs), f)
+            # The parent owns the rendezvous store: the OS picks a free port, so concurrent and
+            # back-to-back launches cannot collide.
+            self.store = dist.TCPStore("127.0.0.1", 0, None, True,
+                                       timeout=datetime.timedelta(seconds=self.timeout_s + 30),
+                                       wait_for_workers=False)
+            for rank in range(self.world_size):
+                self.ranks.append(self._start(rank, payload))
+            try:
+                self._wait()
+            except BaseException:
+                self._stop_all()
+                raise
+            return [r.outcome[1] for r in self.ranks]
+        finally:
+            self._stop_all()
+            if self.progress_bar is not None:
+                self.progress_bar.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _start(self, rank, payload):
+        log_path = os.path.join(self.tmp, f"rank{rank}.log")
+        result_path = os.path.join(self.tmp, f"rank{rank}.result")
+        env = dict(os.environ)
+        env.update({
+            "LABSUPPORT_CHILD": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(self.world_size), "LOCAL_WORLD_SIZE": str(self.world_size),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(self.store.port),
+            "LABSUPPORT_BACKEND": self.backend, "LABSUPPORT_TIMEOUT_S": str(self.timeout_s),
+            "LABSUPPORT_PAYLOAD": payload, "LABSUPPORT_RESULT": result_path,
+            "LABSUPPORT_PARENT_PID": str(os.getpid()),
+            "PYTHONUNBUFFERED": "1",
+        })
+        threads = max(1, (os.cpu_count() or 1) // self.world_size)
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+        # A function pickled by reference (from a script or test module) must be importable in
+        # the child: give it the parent's import path, labsupport's own folder first.
+        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        paths = [pkg_root] + [p for p in sys.path if p and os.path.isdir(p)]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "labsupport._worker"], env=env,
+                                    stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT)
+        return _Rank(rank, proc, log_path, result_path)
+
+    def _wait(self):
+        while True:
+            self._update_progress()
+            for r in self.ranks:
+                if not r.returned and os.path.exists(r.result_path):
+                    r.returned = True
+                    r.outcome = _load_result(r.result_path)
+                    if r.outcome[0] == "error":
+                        self._fail(r)
+            for r in self.ranks:
+                code = r.proc.poll()
+                if code is not None and not r.returned:
+                    if os.path.exists(r.result_path):
+                        break  # the result landed between the two checks: read it next round
+                    self._fail(r, exit_code=code)
+            if all(r.returned for r in self.ranks):
+                self.store.set("labsupport/release", "1")
+                self._reap()
+                self._print_outputs()
+                return
+            time.sleep(_POLL_S)
+
+    def _fail(self, failed, exit_code=None):
+        unfinished = [r.rank for r in self.ranks if not r.returned or r is failed]
+        self._stop_all()
+        outputs = self._print_outputs()
+        if exit_code is None:
+            _, exc_type, exc_msg, tb = failed.outcome
+            head = f"rank {failed.rank} raised {exc_type}: {exc_msg}"
+        else:
+            tb = ""
+            head = f"rank {failed.rank} died with {_describe_exit(exit_code)} before returning"
+        lines = [head]
+        if _looks_like_timeout(tb):
+            lines.append(
+                f"It waited longer than timeout_s={self.timeout_s:g} s inside a collective or "
+                "send/recv: some rank never joined that call (it skipped it, called a different "
+                "one, or is still busy).")
+        others = [r for r in unfinished if r != failed.rank]
+        finished = [r.rank for r in self.ranks if r.returned and r is not failed]
+        lines.append(f"Ranks that had not finished: {unfinished}"
+                     + (f"; ranks that returned normally: {finished}" if finished else ""))
+        if others:
+            lines.append(f"Stopped the other unfinished ranks: {others}.")
+        if tb:
+            lines.append(f"\n--- original traceback from rank {failed.rank} ---\n{tb}")
+        raise LaunchError("\n".join(lines), rank=failed.rank, traceback=tb,
+                          unfinished=unfinished, outputs=outputs)
+
+    def _reap(self):
+        deadline = time.monotonic() + _GRACE_S + self.timeout_s
+        for r in self.ranks:
+            try:
+                r.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                r.proc.kill()
+                r.proc.wait()
+
+    def _stop_all(self):
+        for r in self.ranks:
+            if r.proc.poll() is None:
+                r.proc.terminate()
+        deadline = time.monotonic() + _GRACE_S
+        for r in self.ranks:
+            try:
+                r.proc.wait(timeout=max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                r.proc.kill()
+                r.proc.wait()
+
+    def _print_outputs(self):
+        outputs = []
+        for r in self.ranks:
+            try:
+                with open(r.log_path, "rb") as f:
+                    text = f.read().decode("utf-8", "replace")
+            except OSError:
+                text = ""
+            outputs.append(text)
+            for line in text.splitlines():
+                # tqdm and friends redraw with carriage returns: keep the last state of the line.
+                line = line.rsplit("\r", 1)[-1]
+                print(f"[rank {r.rank}] {line}")
+        sys.stdout.flush()
+        return outputs
+
+    def _update_progress(self):
+        store = self.store
+        if not store.check(["labsupport/progress/total"]):
+            return
+        total = int(store.get("labsupport/progress/total"))
+        done = int(store.get("labsupport/progress/n")) if store.check(
+            ["labsupport/progress/n"]) else 0
+        desc = store.get("labsupport/progress/desc").decode()
+        bar = self.progress_bar
+        if bar is not None and (bar.total, bar.desc) != (total, desc):
+            bar.close()  # rank 0 started another progress loop
+            bar = None
+        if bar is None:
+            from tqdm.auto import tqdm
+            bar = self.progress_bar = tqdm(total=total, desc=desc)
+        bar.update(done - bar.n)
+
+
+def _load_result(path):
+    import torch
+
+    with open(path, "rb") as f:
+        # Map tensors onto the CPU so a result never initialises CUDA in the notebook's kernel.
+        return torch.load(f, map_location="cpu", weights_only=False)
+
+
+def _looks_like_timeout(tb):
+    text = tb.lower()
+    return "timed out" in text or "timeout" in text
+
+
+def _describe_exit(code):
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def progress(iterable, desc="", total=None):
+    """A progress bar over ``iterable`` that works inside launched ranks.
+
+    In a rank started by :func:`launch`, rank 0 reports its progress to the parent, which draws
+    one tqdm bar in the notebook (child output only appears when the launch ends). Elsewhere it
+    is a plain ``tqdm.auto`` bar.
+    """
+    if _CHILD_STORE is None:
+        from tqdm.auto import tqdm
+        return tqdm(iterable, desc=desc or None, total=total)
+    from ._worker import report_progress
+
+    return report_progress(_CHILD_STORE, iterable, desc, total)

@@ -1,0 +1,24 @@
+"""Pipeline-parallel schedules, a discrete-event simulator, and plots.
+
+    from labsupport.pipeline import simulate, plot_timeline
+    t = simulate("1f1b", stages=4, microbatches=8)
+    t.bubble_fraction()        # 3/11, the same as bubble_formula(4, 8)
+    plot_timeline(t)
+
+Pure Python + torch-free: no process group, no GPU. ``plot_timeline`` and
+``plot_bubble_vs_m`` import matplotlib when called.
+"""
+from .formulas import bubble_formula, bubble_ratio
+from .partition import balance_layers
+from .plot import plot_bubble_vs_m, plot_timeline
+from .schedules import (SCHEDULES, Action, gpipe, interleaved, one_f_one_b, schedule_actions,
+                        zb_h1)
+from .simulate import PipelineDeadlock, simulate, simulate_actions, validate
+from .timeline import Event, Timeline
+
+__all__ = [
+    "SCHEDULES", "Action", "Event", "PipelineDeadlock", "Timeline", "balance_layers",
+    "bubble_formula", "bubble_ratio", "gpipe", "interleaved", "one_f_one_b",
+    "plot_bubble_vs_m", "plot_timeline", "schedule_actions", "simulate", "simulate_actions",
+    "validate", "zb_h1",
+]

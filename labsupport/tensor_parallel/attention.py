@@ -1,0 +1,107 @@
+"""Multi-head self-attention, single-device and with heads split over t ranks.
+
+Heads are independent until the output projection, so tensor parallelism gives each rank
+heads/t whole heads: Q, K, V projections are column-parallel (each rank computes only its heads'
+columns), attention runs locally per head, and the output projection is row-parallel (its
+input features are exactly the local heads' outputs). As in the MLP: one all-reduce forward
+(g, after out_proj) and one backward (f, before the fused QKV projection).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._checks import check_divisible, check_rank, resolve_rank
+from .layers import ColumnParallelLinear, RowParallelLinear
+
+
+def _check_heads(hidden: int, heads: int) -> None:
+    if hidden % heads:
+        raise ValueError(
+            f"hidden size {hidden} is not divisible by {heads} heads: head size must be an "
+            f"integer; choose heads among the divisors of {hidden}"
+        )
+
+
+def _attend(q, k, v, heads: int, causal: bool) -> torch.Tensor:
+    """(b, s, heads*d) each → attention per head → (b, s, heads*d)."""
+    b, s, width = q.shape
+    split = lambda t: t.view(b, s, heads, width // heads).transpose(1, 2)  # (b, heads, s, d)
+    o = F.scaled_dot_product_attention(split(q), split(k), split(v), is_causal=causal)
+    return o.transpose(1, 2).reshape(b, s, width)
+
+
+class Attention(nn.Module):
+    """Single-device reference self-attention.
+
+    Args:
+        hidden: h. heads: number of heads (h must be divisible by it). causal: mask the future.
+
+    Shapes: x (b, s, h); q_proj, k_proj, v_proj, out_proj weights (h, h); output (b, s, h).
+    """
+
+    def __init__(self, hidden: int, heads: int, causal: bool = True, bias: bool = True):
+        super().__init__()
+        _check_heads(hidden, heads)
+        self.hidden, self.heads, self.causal = hidden, heads, causal
+        self.q_proj = nn.Linear(hidden, hidden, bias=bias)
+        self.k_proj = nn.Linear(hidden, hidden, bias=bias)
+        self.v_proj = nn.Linear(hidden, hidden, bias=bias)
+        self.out_proj = nn.Linear(hidden, hidden, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = _attend(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, self.causal)
+        return self.out_proj(o)
+
+
+class ParallelAttention(nn.Module):
+    """Self-attention with heads split over t ranks (Megatron style).
+
+    Args:
+        hidden: h. heads: total heads a (divisible by t). causal, bias: as in Attention.
+        rank, world_size, group: position in the tensor-parallel group.
+
+    Shapes (rank i owns heads [i*a/t, (i+1)*a/t)): x (b, s, h) replicated;
+    qkv.weight (3h/t, h) = this rank's rows of W_q, W_k, W_v stacked; local q, k, v (b, s, h/t);
+    out_proj.weight (h, h/t); output (b, s, h) on every rank.
+
+    Communication: forward one all-reduce of the output (b, s, h); backward one all-reduce of
+    dL/dx (b, s, h), only if x requires grad.
+    """
+
+    def __init__(self, hidden, heads, causal=True, bias=True, rank=None, world_size=None,
+                 group=None, dtype=None):
+        super().__init__()
+        _check_heads(hidden, heads)
+        rank, world_size = resolve_rank(rank, world_size, group)
+        check_divisible(heads, world_size, "number of heads", "ParallelAttention")
+        self.hidden, self.heads, self.causal = hidden, heads, causal
+        self.local_heads = heads // world_size
+        # One fused column-parallel projection (out_features 3h) so x passes through f once:
+        # three separate column layers would all-reduce dL/dx three times in backward.
+        self.qkv = ColumnParallelLinear(hidden, 3 * hidden, bias, False, rank, world_size, group, dtype)
+        self.out_proj = RowParallelLinear(hidden, hidden, bias, True, rank, world_size, group, dtype)
+
+    @classmethod
+    def from_dense(cls, attn: Attention, rank: int, world_size: int, group=None) -> "ParallelAttention":
+        """This rank's heads of the single-device ``Attention`` (same weights, same outputs)."""
+        if not isinstance(attn, Attention):
+            raise TypeError(f"attn must be a labsupport.tensor_parallel.Attention, got {type(attn).__name__}")
+        check_rank(rank, world_size)
+        check_divisible(attn.heads, world_size, "number of heads", "ParallelAttention")
+        has_bias = attn.q_proj.bias is not None
+        par = cls(attn.hidden, attn.heads, attn.causal, has_bias, rank, world_size, group,
+                  attn.q_proj.weight.dtype)
+        projs = (attn.q_proj, attn.k_proj, attn.v_proj)
+        with torch.no_grad():
+            # Rows of W_q (h, h) are grouped by head, so a contiguous row block = whole heads.
+            par.qkv.weight.copy_(torch.cat([p.weight.chunk(world_size, 1)[rank].T.reshape(-1, attn.hidden)[:attn.hidden // world_size] for p in projs]))
+            if has_bias:
+                par.qkv.bias.copy_(torch.cat([p.bias.chunk(world_size, 0)[rank] for p in projs]))
+        par.out_proj = RowParallelLinear.from_dense(attn.out_proj, rank, world_size, group)
+        return par
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # each (b, s, h/t): this rank's heads
+        return self.out_proj(_attend(q, k, v, self.local_heads, self.causal))

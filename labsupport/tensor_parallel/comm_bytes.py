@@ -1,0 +1,50 @@
+"""Bytes on the wire: what the loopback interface saw, and what the formulas predict.
+
+What a collective is *handed* is not what crosses the wire. With gloo on one host all ranks
+talk over TCP on ``lo``, so its counters in /proc/net/dev give the real traffic (payload plus
+TCP/IP headers, from *all* processes on the host -- measure a quiet interval, and expect a
+little extra). Every byte one rank sends on ``lo`` is counted once in tx and once in rx, so
+summed over t ranks, the ``lo`` tx delta ≈ t × the per-rank formula.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class LoopbackCounters(NamedTuple):
+    rx_bytes: int
+    tx_bytes: int
+
+
+def loopback_bytes(path: str = "/proc/net/dev") -> LoopbackCounters | None:
+    """Current rx/tx byte counters of the ``lo`` interface; None where /proc/net/dev is missing
+    (macOS, Windows) or has no ``lo`` line. Take two readings and subtract."""
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except OSError:
+        return None
+    for line in lines[2:]:  # two header lines
+        name, _, fields = line.partition(":")
+        if name.strip() == "lo":
+            values = fields.split()
+            # Columns: 8 receive fields (bytes first), then 8 transmit fields (bytes first).
+            return LoopbackCounters(rx_bytes=int(values[0]), tx_bytes=int(values[8]))
+    return None
+
+
+def all_gather_bytes(n_bytes: float, world_size: int) -> float:
+    """Bytes each rank receives (and sends) to all-gather a result of ``n_bytes`` total:
+    it already holds its own 1/t, so it receives the other (t-1)/t·N."""
+    return (world_size - 1) / world_size * n_bytes
+
+
+def reduce_scatter_bytes(n_bytes: float, world_size: int) -> float:
+    """Bytes each rank sends (and receives) in a ring reduce-scatter of an N-byte tensor: (t-1)/t·N."""
+    return (world_size - 1) / world_size * n_bytes
+
+
+def ring_all_reduce_bytes(n_bytes: float, world_size: int) -> float:
+    """Bytes each rank sends (and receives) in a ring all-reduce of an N-byte tensor:
+    a reduce-scatter then an all-gather, 2(t-1)/t·N -- almost 2N for large t, not t·N."""
+    return 2 * (world_size - 1) / world_size * n_bytes

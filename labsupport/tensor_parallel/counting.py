@@ -1,0 +1,142 @@
+"""Count the collectives a piece of code actually issues, by op and by phase.
+
+    with count_collectives() as log:
+        y = mlp(x); y.sum().backward()
+    log.count("all_reduce", "forward"), log.count("all_reduce", "backward")   # 1, 1
+
+How: a TorchDispatchMode (the mechanism of torch's own CommDebugMode) sees every operator that
+reaches the dispatcher, including the c10d ops behind ``dist.all_reduce`` & co. and the
+functional collectives that DTensor issues, whoever calls them -- no monkeypatching, nothing to
+restore. The phase is "backward" while the autograd engine is running a graph task.
+
+Why not CommDebugMode itself: it works on gloo with plain process groups (it counted
+``c10d.allreduce_``/``allgather_``/``_allgather_base_`` here), but it tells forward from backward
+with module hooks, so calls outside an nn.Module's backward land in "forward", and it records no
+sizes. We keep it as an independent oracle in the tests.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# Operator name (c10d::..., _c10d_functional::...) → the collective it performs.
+_OPS = {
+    "allreduce_": "all_reduce", "allreduce_coalesced_": "all_reduce", "all_reduce": "all_reduce",
+    "all_reduce_": "all_reduce", "all_reduce_coalesced": "all_reduce",
+    "allgather_": "all_gather", "_allgather_base_": "all_gather", "allgather_coalesced_": "all_gather",
+    "allgather_into_tensor_coalesced_": "all_gather", "all_gather_into_tensor": "all_gather",
+    "all_gather_into_tensor_out": "all_gather", "all_gather_into_tensor_coalesced": "all_gather",
+    "reduce_scatter_": "reduce_scatter", "_reduce_scatter_base_": "reduce_scatter",
+    "reduce_scatter_tensor": "reduce_scatter", "reduce_scatter_tensor_coalesced": "reduce_scatter",
+    "broadcast_": "broadcast", "broadcast": "broadcast",
+    "alltoall_": "all_to_all", "alltoall_base_": "all_to_all", "all_to_all_single": "all_to_all",
+    "reduce_": "reduce", "gather_": "gather", "scatter_": "scatter",
+    "send": "send", "recv_": "recv", "recv_any_source_": "recv", "barrier": "barrier",
+}
+_NAMESPACES = ("c10d", "_c10d_functional", "c10d_functional")
+# The argument holding what this rank hands to the collective (its contribution).
+_INPUT_ARGS = ("input_tensors", "input_tensor", "input_list", "inputs", "input", "tensors")
+
+
+@dataclass
+class CollectiveCall:
+    """One collective call: ``op`` (e.g. "all_reduce"), ``phase`` ("forward"/"backward"),
+    ``bytes`` this rank handed to it (for all-gather: its shard; for all-reduce: the whole
+    tensor), ``shapes`` of those tensors and the raw operator name."""
+    op: str
+    phase: str
+    bytes: int
+    shapes: list
+    operator: str
+
+
+@dataclass
+class CollectiveLog:
+    """What ran inside ``count_collectives()``; picklable, so ranks can return it."""
+    calls: list = field(default_factory=list)
+
+    def count(self, op: str | None = None, phase: str | None = None) -> int:
+        """Number of calls, optionally only of ``op`` and/or in ``phase``."""
+        return sum(1 for c in self._select(op, phase))
+
+    def bytes(self, op: str | None = None, phase: str | None = None) -> int:
+        """Bytes handed to the selected calls."""
+        return sum(c.bytes for c in self._select(op, phase))
+
+    def by_op(self) -> dict:
+        """{"all_reduce": 2, ...}"""
+        return dict(Counter(c.op for c in self.calls))
+
+    def by_phase(self) -> dict:
+        """{"forward": {"all_reduce": 1}, "backward": {"all_reduce": 1}} (both keys always present)."""
+        out = {"forward": Counter(), "backward": Counter()}
+        for c in self.calls:
+            out[c.phase][c.op] += 1
+        return {phase: dict(counts) for phase, counts in out.items()}
+
+    def _select(self, op, phase):
+        return (c for c in self.calls if (op is None or c.op == op) and (phase is None or c.phase == phase))
+
+    def __str__(self) -> str:
+        lines = [f"{'phase':<9} {'op':<15} {'bytes':>12}  shapes"]
+        lines += [f"{c.phase:<9} {c.op:<15} {c.bytes:>12,}  {c.shapes}" for c in self.calls]
+        return "\n".join(lines)
+
+
+def _tensors(x):
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, (list, tuple)):
+        for item in x:
+            yield from _tensors(item)
+
+
+def _dtensor_type():
+    from torch.distributed.tensor import DTensor  # lazy: only needed once a mode is active
+    return DTensor
+
+
+class _CollectiveRecorder(TorchDispatchMode):
+    def __init__(self, log: CollectiveLog):
+        super().__init__()
+        self.log = log
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if isinstance(func, torch._ops.HigherOrderOperator):
+            return func(*args, **kwargs)
+        # Modes run before tensor subclasses: let DTensor lower itself first, so the
+        # collectives it issues come back through this mode as plain ops (as CommDebugMode does).
+        if any(t is _dtensor_type() for t in types):
+            return NotImplemented
+        if func.namespace in _NAMESPACES:
+            name = func._schema.name.split("::")[-1]
+            if name in _OPS:
+                self._record(func, _OPS[name], args, kwargs)
+        return func(*args, **kwargs)
+
+    def _record(self, func, op, args, kwargs):
+        bound = dict(zip((a.name for a in func._schema.arguments), args), **kwargs)
+        handed = next((bound[n] for n in _INPUT_ARGS if n in bound), None)
+        tensors = [] if op == "barrier" else list(_tensors(handed))
+        phase = "backward" if torch._C._current_graph_task_id() != -1 else "forward"
+        self.log.calls.append(CollectiveCall(
+            op=op, phase=phase, bytes=sum(t.numel() * t.element_size() for t in tensors),
+            shapes=[tuple(t.shape) for t in tensors], operator=str(func._schema.name)))
+
+
+@contextlib.contextmanager
+def count_collectives():
+    """Record every collective issued (on this rank) while the block runs.
+
+    Yields:
+        CollectiveLog: ``.calls`` (op, phase, bytes, shapes), ``.count(op, phase)``,
+        ``.bytes(op, phase)``, ``.by_op()``, ``.by_phase()``.
+    """
+    log = CollectiveLog()
+    with _CollectiveRecorder(log):
+        yield log

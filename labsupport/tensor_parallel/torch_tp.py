@@ -1,0 +1,43 @@
+"""The same MLP through PyTorch's production API, as an oracle for ours.
+
+``torch.distributed.tensor.parallel`` shards modules with DTensor: ColwiseParallel turns
+fc1.weight into a DTensor sharded on dim 0 (our ColumnParallelLinear's rows), RowwiseParallel
+shards fc2.weight on dim 1 (our RowParallelLinear's columns) and all-reduces the output.
+Checked with torch 2.13 on CPU: a 1-D DeviceMesh of device type "cpu" runs on gloo.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from ._checks import check_divisible
+
+
+def _mesh_device_type() -> str:
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"
+
+
+def torch_parallel_mlp(fc1: nn.Linear, fc2: nn.Linear, mesh=None) -> nn.Sequential:
+    """nn.Sequential(fc1, GELU, fc2), copied and sharded with ``parallelize_module``.
+
+    Args:
+        fc1, fc2: the single-device Linear layers (left untouched; copies are sharded).
+        mesh: a 1-D DeviceMesh; default one over all ranks of the default group
+            (device type "cpu" on gloo, "cuda" on NCCL).
+
+    Returns:
+        The parallelized module: call it with the full input (..., h) on every rank; it returns
+        the full output (..., h). Its ``[0].weight`` / ``[2].weight`` are DTensors; ``.to_local()``
+        gives this rank's shard (ffn/t, h) / (h, ffn/t), comparable to ParallelMLP's.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    if mesh is None:
+        mesh = init_device_mesh(_mesh_device_type(), (dist.get_world_size(),))
+    check_divisible(fc1.out_features, mesh.size(), "hidden size", "torch_parallel_mlp (fc1.out_features)")
+    model = nn.Sequential(copy.deepcopy(fc1), nn.GELU(), copy.deepcopy(fc2)).to(_mesh_device_type())
+    return parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})

@@ -1,0 +1,380 @@
+"""Tensor-parallel layers against single-device references (Lab 01).
+
+Each world size runs ONE launch that performs every distributed check and returns raw tensors
+and collective logs; the tests below compare them, in this process, with the dense modules run
+on one device. So a failure names the exact check, and the reference never ran on the ranks.
+
+Tolerances (fp32): rtol=1e-5, atol=1e-6. Sharding changes only the summation order of the
+reductions (observed differences ~1e-7 on values of order 1).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+import labsupport
+from labsupport.tensor_parallel import (
+    MLP,
+    Attention,
+    ColumnParallelLinear,
+    ParallelAttention,
+    ParallelMLP,
+    RowParallelLinear,
+    all_gather_bytes,
+    column_parallel_matmul,
+    column_shard,
+    count_collectives,
+    loopback_bytes,
+    ring_all_reduce_bytes,
+    row_parallel_matmul,
+    row_shard,
+    torch_parallel_mlp,
+)
+
+TOL = dict(rtol=1e-5, atol=1e-6)
+LOOPBACK_N = 1 << 20  # bytes all-reduced / all-gathered for the loopback measurement
+
+
+def close(actual, expected, what):
+    torch.testing.assert_close(actual, expected, **TOL, msg=lambda m: f"{what}: {m}")
+
+
+# ---------------------------------------------------------------- inputs and dense references
+
+def make_case():
+    """Deterministic non-square shapes that split over 2 and 4 ranks."""
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g)
+    torch.manual_seed(0)
+    mlp = MLP(24, 40)                 # h=24, ffn=40
+    attn = Attention(24, 4, causal=True)  # 4 heads of size 6
+    return {
+        "X": r(6, 12), "A": r(12, 20), "dY": r(6, 20),              # matmul: (b,k)·(k,n)
+        "mlp": mlp, "x": r(3, 5, 24), "dy": r(3, 5, 24),
+        "x_groups": r(2, 3, 5, 24),                                # one input per TP group
+        "attn": attn, "xa": r(2, 7, 24), "dya": r(2, 7, 24),
+    }
+
+
+def dense_grads(module, x, dy):
+    """Output, dL/dx and {param name: grad} of a dense module for L = sum(y * dy)."""
+    module.zero_grad()
+    x = x.clone().requires_grad_()
+    y = module(x)
+    (y * dy).sum().backward()
+    return y.detach(), x.grad, {n: p.grad.clone() for n, p in module.named_parameters()}
+
+
+def _run_with_grads(module, x, dy, x_requires_grad=True):
+    x = x.clone().requires_grad_(x_requires_grad)
+    with count_collectives() as log:
+        y = module(x)
+        (y * dy).sum().backward()
+    grads = {n: p.grad.clone() for n, p in module.named_parameters()}
+    return {"y": y.detach().clone(), "dx": x.grad, "grads": grads, "log": log}
+
+
+# ---------------------------------------------------------------- what every rank runs
+
+def rank_checks(rank, t, case, extras=()):
+    out = {}
+
+    # Functional matmuls; a non-uniform upstream grad dY makes slicing mistakes visible.
+    X = case["X"].clone().requires_grad_()
+    A_i = column_shard(case["A"], rank, t).clone().requires_grad_()
+    with count_collectives() as log:
+        Y = column_parallel_matmul(X, A_i)
+        (Y * case["dY"]).sum().backward()
+    out["col"] = {"Y": Y.detach(), "dX": X.grad, "dA": A_i.grad, "log": log}
+
+    X_i = column_shard(case["X"], rank, t).clone().requires_grad_()
+    A_i = row_shard(case["A"], rank, t).clone().requires_grad_()
+    with count_collectives() as log:
+        Y = row_parallel_matmul(X_i, A_i)
+        (Y * case["dY"]).sum().backward()
+    out["row"] = {"Y": Y.detach(), "dX": X_i.grad, "dA": A_i.grad, "log": log}
+
+    mlp = case["mlp"]
+    par = ParallelMLP.from_dense(mlp.fc1, mlp.fc2, rank, t)
+    out["mlp"] = _run_with_grads(par, case["x"], case["dy"])
+    par.zero_grad()
+    out["mlp_no_input_grad"] = _run_with_grads(par, case["x"], case["dy"], x_requires_grad=False)
+
+    # The other two layer modes: gathered column output, row layer slicing a full input.
+    col = ColumnParallelLinear.from_dense(mlp.fc1, rank, t, gather_output=True)
+    row = RowParallelLinear.from_dense(mlp.fc2, rank, t, input_is_parallel=False)
+    out["gathered"] = _run_with_grads(nn.Sequential(col, nn.GELU(), row), case["x"], case["dy"])
+
+    out["attn"] = _run_with_grads(ParallelAttention.from_dense(case["attn"], rank, t),
+                                  case["xa"], case["dya"])
+
+    if "torch_tp" in extras:
+        from torch.distributed.tensor.debug import CommDebugMode
+        theirs = torch_parallel_mlp(mlp.fc1, mlp.fc2)
+        res = _run_with_grads(theirs, case["x"], case["dy"])
+        res["grads"] = {n: g.to_local() if hasattr(g, "to_local") else g for n, g in res["grads"].items()}
+        out["torch_tp"] = res
+        # CommDebugMode as an independent counter of what our MLP issues.
+        with CommDebugMode() as cdm:
+            x = case["x"].clone().requires_grad_()
+            (par(x) * case["dy"]).sum().backward()
+        out["comm_debug_counts"] = {str(k): v for k, v in cdm.get_comm_counts().items()}
+
+    if "loopback" in extras:
+        out["loopback"] = _measure_loopback(t)
+
+    if "subgroups" in extras:
+        # Two TP groups of 2 (as inside two pipeline stages), each with its own input.
+        groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+        stage = rank // 2
+        par = ParallelMLP.from_dense(mlp.fc1, mlp.fc2, rank % 2, 2, group=groups[stage])
+        out["subgroup"] = _run_with_grads(par, case["x_groups"][stage], case["dy"])
+    return out
+
+
+def _measure_loopback(t):
+    """Min over 3 tries of the lo tx delta for one all-reduce / all-gather of N bytes (min:
+    other processes on this host can only add traffic)."""
+    if loopback_bytes() is None:
+        return None
+    result = {}
+    for op in ("all_reduce", "all_gather"):
+        deltas = []
+        for _ in range(3):
+            if op == "all_reduce":
+                tensor = torch.ones(LOOPBACK_N // 4)
+                run = lambda: dist.all_reduce(tensor)
+            else:
+                pieces = [torch.empty(LOOPBACK_N // 4 // t) for _ in range(t)]
+                run = lambda: dist.all_gather(pieces, torch.ones(LOOPBACK_N // 4 // t))
+            dist.barrier()
+            before = loopback_bytes()
+            run()
+            dist.barrier()
+            deltas.append(loopback_bytes().tx_bytes - before.tx_bytes)
+        result[op] = min(deltas)
+    return result
+
+
+# ---------------------------------------------------------------- launches (one per world size)
+
+@pytest.fixture(scope="module")
+def case():
+    return make_case()
+
+
+@pytest.fixture(scope="module")
+def runs(case):
+    cache = {}
+
+    def get(t):
+        if t not in cache:
+            extras = ("torch_tp", "loopback") if t == 2 else ("subgroups",)
+            cache[t] = labsupport.launch(rank_checks, t, case, extras, timeout_s=60)
+        return cache[t]
+    return get
+
+
+WORLD_SIZES = pytest.mark.parametrize("t", [2, 4])
+
+
+# ---------------------------------------------------------------- functional matmuls
+
+@WORLD_SIZES
+def test_column_parallel_matmul_matches_dense(runs, case, t):
+    X, A, dY = case["X"].clone().requires_grad_(), case["A"].clone().requires_grad_(), case["dY"]
+    Y = X @ A
+    (Y * dY).sum().backward()
+    for rank, out in enumerate(runs(t)):
+        r = out["col"]
+        close(r["Y"], Y.detach(), f"rank {rank}: Y")
+        close(r["dX"], X.grad, f"rank {rank}: dL/dX (needs the backward all-reduce)")
+        close(r["dA"], column_shard(A.grad, rank, t), f"rank {rank}: dL/dA_i")
+        assert r["log"].by_phase() == {"forward": {"all_gather": 1}, "backward": {"all_reduce": 1}}
+
+
+@WORLD_SIZES
+def test_row_parallel_matmul_matches_dense(runs, case, t):
+    X, A, dY = case["X"].clone().requires_grad_(), case["A"].clone().requires_grad_(), case["dY"]
+    Y = X @ A
+    (Y * dY).sum().backward()
+    for rank, out in enumerate(runs(t)):
+        r = out["row"]
+        close(r["Y"], Y.detach(), f"rank {rank}: Y")
+        close(r["dX"], column_shard(X.grad, rank, t), f"rank {rank}: dL/dX_i")
+        close(r["dA"], row_shard(A.grad, rank, t), f"rank {rank}: dL/dA_i")
+        assert r["log"].by_phase() == {"forward": {"all_reduce": 1}, "backward": {}}
+
+
+# ---------------------------------------------------------------- layers
+
+def check_mlp_against_dense(res, y, dx, grads, rank, t, what):
+    close(res["y"], y, f"{what} rank {rank}: output")
+    close(res["dx"], dx, f"{what} rank {rank}: dL/dx")
+    g = res["grads"]
+    keys = {k.split(".", 1)[0] for k in g}
+    fc1, fc2 = ("fc1", "fc2") if "fc1" in keys else ("0", "2")
+    close(g[f"{fc1}.weight"], grads["fc1.weight"].chunk(t, 0)[rank], f"{what} rank {rank}: fc1.weight grad")
+    close(g[f"{fc1}.bias"], grads["fc1.bias"].chunk(t, 0)[rank], f"{what} rank {rank}: fc1.bias grad")
+    close(g[f"{fc2}.weight"], grads["fc2.weight"].chunk(t, 1)[rank], f"{what} rank {rank}: fc2.weight grad")
+    close(g[f"{fc2}.bias"], grads["fc2.bias"], f"{what} rank {rank}: fc2.bias grad")
+
+
+@WORLD_SIZES
+def test_parallel_mlp_output_and_all_grads_match_dense(runs, case, t):
+    y, dx, grads = dense_grads(case["mlp"], case["x"], case["dy"])
+    for rank, out in enumerate(runs(t)):
+        check_mlp_against_dense(out["mlp"], y, dx, grads, rank, t, "ParallelMLP")
+
+
+@WORLD_SIZES
+def test_gather_output_and_unsplit_input_modes_match_dense(runs, case, t):
+    y, dx, grads = dense_grads(case["mlp"], case["x"], case["dy"])
+    for rank, out in enumerate(runs(t)):
+        res = out["gathered"]
+        check_mlp_against_dense(res, y, dx, grads, rank, t, "gather_output/input_is_parallel=False")
+        # gather forward + f backward on the column side; g forward + gather backward on the row side
+        assert res["log"].by_phase() == {
+            "forward": {"all_gather": 1, "all_reduce": 1},
+            "backward": {"all_gather": 1, "all_reduce": 1},
+        }
+
+
+def test_parallel_mlp_inside_subgroups(runs, case):
+    """TP over a process group that is not the world: 4 ranks as two TP groups of 2."""
+    for rank, out in enumerate(runs(4)):
+        y, dx, grads = dense_grads(case["mlp"], case["x_groups"][rank // 2], case["dy"])
+        check_mlp_against_dense(out["subgroup"], y, dx, grads, rank % 2, 2, "subgroup MLP")
+
+
+@WORLD_SIZES
+def test_parallel_attention_matches_reference(runs, case, t):
+    attn = case["attn"]
+    y, dx, grads = dense_grads(attn, case["xa"], case["dya"])
+    for rank, out in enumerate(runs(t)):
+        res = out["attn"]
+        close(res["y"], y, f"rank {rank}: attention output")
+        close(res["dx"], dx, f"rank {rank}: attention dL/dx")
+        g = res["grads"]
+        qkv = lambda kind: torch.cat([grads[f"{p}_proj.{kind}"].chunk(t, 0)[rank] for p in "qkv"])
+        close(g["qkv.weight"], qkv("weight"), f"rank {rank}: qkv.weight grad (this rank's heads)")
+        close(g["qkv.bias"], qkv("bias"), f"rank {rank}: qkv.bias grad")
+        close(g["out_proj.weight"], grads["out_proj.weight"].chunk(t, 1)[rank], f"rank {rank}: out_proj.weight grad")
+        close(g["out_proj.bias"], grads["out_proj.bias"], f"rank {rank}: out_proj.bias grad")
+        assert res["log"].by_phase() == {"forward": {"all_reduce": 1}, "backward": {"all_reduce": 1}}
+
+
+# ---------------------------------------------------------------- counting collectives
+
+@WORLD_SIZES
+def test_parallel_mlp_issues_one_all_reduce_forward_and_one_backward(runs, case, t):
+    n_bytes = case["x"].numel() * 4
+    for out in runs(t):
+        log = out["mlp"]["log"]
+        assert log.by_phase() == {"forward": {"all_reduce": 1}, "backward": {"all_reduce": 1}}
+        assert [c.bytes for c in log.calls] == [n_bytes, n_bytes]  # (3, 5, 24) fp32 each way
+
+
+@WORLD_SIZES
+def test_no_backward_all_reduce_when_input_does_not_require_grad(runs, case, t):
+    y, _, grads = dense_grads(case["mlp"], case["x"], case["dy"])
+    for rank, out in enumerate(runs(t)):
+        res = out["mlp_no_input_grad"]
+        assert res["log"].by_phase() == {"forward": {"all_reduce": 1}, "backward": {}}
+        assert res["dx"] is None
+        # weights still get their (local) gradients
+        close(res["grads"]["fc1.weight"], grads["fc1.weight"].chunk(t, 0)[rank], "fc1.weight grad")
+
+
+def test_counts_agree_with_torch_comm_debug_mode(runs):
+    for out in runs(2):
+        assert out["comm_debug_counts"] == {"c10d.allreduce_": 2}
+
+
+# ---------------------------------------------------------------- PyTorch's own TP API
+
+def test_matches_torch_parallelize_module(runs, case):
+    """Colwise/RowwiseParallel on a 1-D "cpu" DeviceMesh (gloo) with the same weights."""
+    for rank, out in enumerate(runs(2)):
+        theirs, ours = out["torch_tp"], out["mlp"]
+        close(ours["y"], theirs["y"], f"rank {rank}: output vs parallelize_module")
+        close(ours["dx"], theirs["dx"], f"rank {rank}: dL/dx vs parallelize_module")
+        for ours_name, theirs_name in [("fc1.weight", "0.weight"), ("fc1.bias", "0.bias"),
+                                       ("fc2.weight", "2.weight"), ("fc2.bias", "2.bias")]:
+            close(ours["grads"][ours_name], theirs["grads"][theirs_name], f"rank {rank}: {ours_name} grad")
+        assert theirs["log"].by_phase() == ours["log"].by_phase()
+
+
+# ---------------------------------------------------------------- bytes on the wire
+
+def test_loopback_bytes_match_the_formulas(runs):
+    measured = runs(2)[0]["loopback"]
+    if measured is None:
+        pytest.skip("no /proc/net/dev (not Linux)")
+    t = 2
+    # every rank's sends cross lo once, so lo's tx delta is t × the per-rank formula
+    for op, formula in [("all_reduce", ring_all_reduce_bytes), ("all_gather", all_gather_bytes)]:
+        expected = t * formula(LOOPBACK_N, t)
+        assert 0.95 * expected <= measured[op] <= 1.2 * expected, (op, measured[op], expected)
+
+
+def test_loopback_bytes_parses_proc_net_dev(tmp_path):
+    dev = tmp_path / "dev"
+    dev.write_text(
+        "Inter-|   Receive                                                |  Transmit\n"
+        " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n"
+        "  eth0: 999 1 0 0 0 0 0 0 888 1 0 0 0 0 0 0\n"
+        "    lo: 1234 10 0 0 0 0 0 0 5678 10 0 0 0 0 0 0\n"
+    )
+    assert loopback_bytes(str(dev)) == (1234, 5678)
+    assert loopback_bytes(str(tmp_path / "missing")) is None
+
+
+def test_byte_formulas():
+    assert all_gather_bytes(1000, 4) == 750
+    assert ring_all_reduce_bytes(1000, 4) == 1500
+    assert ring_all_reduce_bytes(1000, 1) == 0
+
+
+# ---------------------------------------------------------------- bad input: ValueError, no launch
+# These run in the test process, where no process group exists: passing proves each check
+# happens before any torch.distributed call.
+
+def test_hidden_size_not_divisible_names_sizes_and_working_rank_counts():
+    assert not dist.is_initialized()
+    with pytest.raises(ValueError, match=r"hidden size 1000 is not divisible by world size 3: "
+                                         r"choose a hidden size that is a multiple of 3, "
+                                         r"or use 1, 2, 4, 5, 8 ranks"):
+        ParallelMLP.from_dense(nn.Linear(10, 1000), nn.Linear(1000, 10), rank=0, world_size=3)
+
+
+def test_layer_feature_counts_not_divisible():
+    with pytest.raises(ValueError, match=r"out_features 6 is not divisible by world size 4.*1, 2, 3, 6 ranks"):
+        ColumnParallelLinear.from_dense(nn.Linear(8, 6), rank=0, world_size=4)
+    with pytest.raises(ValueError, match=r"in_features 6 is not divisible by world size 4"):
+        RowParallelLinear.from_dense(nn.Linear(6, 8), rank=1, world_size=4)
+
+
+def test_heads_not_divisible_by_world_size():
+    with pytest.raises(ValueError, match=r"number of heads 6 is not divisible by world size 4.*1, 2, 3, 6 ranks"):
+        ParallelAttention.from_dense(Attention(24, 6), rank=0, world_size=4)
+    with pytest.raises(ValueError, match=r"hidden size 24 is not divisible by 5 heads"):
+        Attention(24, 5)
+
+
+@pytest.mark.parametrize("rank, world_size", [(2, 2), (-1, 2), (0, 0)])
+def test_rank_out_of_range(rank, world_size):
+    with pytest.raises(ValueError, match=r"out of range|world size must be"):
+        ParallelMLP.from_dense(nn.Linear(4, 8), nn.Linear(8, 4), rank, world_size)
+
+
+def test_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"X has last dim 12 but A_shard has 10 rows"):
+        column_parallel_matmul(torch.randn(6, 12), torch.randn(10, 5))
+    with pytest.raises(ValueError, match=r"X_shard has last dim 6 but A_shard has 4 rows"):
+        row_parallel_matmul(torch.randn(6, 6), torch.randn(4, 20))
+    with pytest.raises(ValueError, match=r"fc2 must map 16 → 4"):
+        ParallelMLP.from_dense(nn.Linear(4, 16), nn.Linear(8, 4), rank=0, world_size=2)
