@@ -225,9 +225,10 @@ def check_ring_all_gather(student_fn, world_sizes=(2, 4), shape=(3, 5), dtype=to
                 raise AssertionError(
                     f"{name} deadlocked with {world_size} ranks on a tensor of shape {shape}: "
                     f"every rank waited more than {timeout_s} s in a send or recv that no peer "
-                    "matched. If every rank sends before it receives, large messages block: "
-                    "post the send with dist.isend (or alternate send/recv order by rank "
-                    "parity) and check each step's source and destination ranks.") from None
+                    "matched. A blocking dist.send waits until the peer receives, so if every "
+                    "rank sends before it receives, they all wait for each other: post the send "
+                    "with dist.isend (or alternate send/recv order by rank parity), and check "
+                    "each step's source and destination ranks.") from None
             raise AssertionError(f"{name} failed with {world_size} ranks:\n{exc}") from None
         for status, detail in results:
             if status == "not_implemented":

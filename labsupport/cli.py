@@ -79,10 +79,12 @@ def main(argv=None):
 
     p = sub.add_parser("open", help="open the course in JupyterLab")
     p.add_argument("--solutions", action="store_true", help="open the instructor solutions")
-    p.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="passed on to jupyter lab")
-    p.set_defaults(func=cmd_open)
+    p.set_defaults(func=cmd_open)  # any further options are passed on to jupyter lab
 
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "open":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.jupyter_args = extra
     try:
         return args.func(args)
     except course.BuildError as exc:

@@ -13,7 +13,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
 import labsupport
 from labsupport.tensor_parallel import (
@@ -111,6 +110,11 @@ def rank_checks(rank, t, case, extras=()):
     out["attn"] = _run_with_grads(ParallelAttention.from_dense(case["attn"], rank, t),
                                   case["xa"], case["dya"])
 
+    # Plain constructors ask the default group for rank and world size.
+    built = ParallelMLP(24, 40), ParallelAttention(24, 4)
+    out["constructed"] = {"ranks": [m.fc1.rank for m in built[:1]] + [built[1].qkv.rank],
+                          "shapes": [tuple(p.shape) for m in built for p in m.parameters()]}
+
     if "torch_tp" in extras:
         from torch.distributed.tensor.debug import CommDebugMode
         theirs = torch_parallel_mlp(mlp.fc1, mlp.fc2)
@@ -121,7 +125,9 @@ def rank_checks(rank, t, case, extras=()):
         with CommDebugMode() as cdm:
             x = case["x"].clone().requires_grad_()
             (par(x) * case["dy"]).sum().backward()
-        out["comm_debug_counts"] = {str(k): v for k, v in cdm.get_comm_counts().items()}
+        out["comm_debug_counts"] = {
+            phase: {str(op): n for op, n in counts.items()}
+            for phase, counts in cdm.comm_module_counts["Global"].items()}
 
     if "loopback" in extras:
         out["loopback"] = _measure_loopback(t)
@@ -262,9 +268,20 @@ def test_parallel_attention_matches_reference(runs, case, t):
         qkv = lambda kind: torch.cat([grads[f"{p}_proj.{kind}"].chunk(t, 0)[rank] for p in "qkv"])
         close(g["qkv.weight"], qkv("weight"), f"rank {rank}: qkv.weight grad (this rank's heads)")
         close(g["qkv.bias"], qkv("bias"), f"rank {rank}: qkv.bias grad")
-        close(g["out_proj.weight"], grads["out_proj.weight"].chunk(t, 1)[rank], f"rank {rank}: out_proj.weight grad")
+        close(g["out_proj.weight"], grads["out_proj.weight"].chunk(t, 1)[rank],
+              f"rank {rank}: out_proj.weight grad")
         close(g["out_proj.bias"], grads["out_proj.bias"], f"rank {rank}: out_proj.bias grad")
         assert res["log"].by_phase() == {"forward": {"all_reduce": 1}, "backward": {"all_reduce": 1}}
+
+
+@WORLD_SIZES
+def test_constructors_take_rank_and_world_size_from_the_group(runs, t):
+    for rank, out in enumerate(runs(t)):
+        assert out["constructed"]["ranks"] == [rank, rank]
+        assert out["constructed"]["shapes"] == [
+            (40 // t, 24), (40 // t,), (24, 40 // t), (24,),            # ParallelMLP
+            (3 * 24 // t, 24), (3 * 24 // t,), (24, 24 // t), (24,),    # ParallelAttention
+        ]
 
 
 # ---------------------------------------------------------------- counting collectives
@@ -291,7 +308,8 @@ def test_no_backward_all_reduce_when_input_does_not_require_grad(runs, case, t):
 
 def test_counts_agree_with_torch_comm_debug_mode(runs):
     for out in runs(2):
-        assert out["comm_debug_counts"] == {"c10d.allreduce_": 2}
+        assert out["comm_debug_counts"] == {"forward": {"c10d.allreduce_": 1},
+                                            "backward": {"c10d.allreduce_": 1}}
 
 
 # ---------------------------------------------------------------- PyTorch's own TP API
@@ -325,7 +343,8 @@ def test_loopback_bytes_parses_proc_net_dev(tmp_path):
     dev = tmp_path / "dev"
     dev.write_text(
         "Inter-|   Receive                                                |  Transmit\n"
-        " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n"
+        " face |bytes    packets errs drop fifo frame compressed multicast"
+        "|bytes    packets errs drop fifo colls carrier compressed\n"
         "  eth0: 999 1 0 0 0 0 0 0 888 1 0 0 0 0 0 0\n"
         "    lo: 1234 10 0 0 0 0 0 0 5678 10 0 0 0 0 0 0\n"
     )
@@ -352,14 +371,16 @@ def test_hidden_size_not_divisible_names_sizes_and_working_rank_counts():
 
 
 def test_layer_feature_counts_not_divisible():
-    with pytest.raises(ValueError, match=r"out_features 6 is not divisible by world size 4.*1, 2, 3, 6 ranks"):
+    with pytest.raises(ValueError,
+                       match=r"out_features 6 is not divisible by world size 4.*1, 2, 3, 6 ranks"):
         ColumnParallelLinear.from_dense(nn.Linear(8, 6), rank=0, world_size=4)
     with pytest.raises(ValueError, match=r"in_features 6 is not divisible by world size 4"):
         RowParallelLinear.from_dense(nn.Linear(6, 8), rank=1, world_size=4)
 
 
 def test_heads_not_divisible_by_world_size():
-    with pytest.raises(ValueError, match=r"number of heads 6 is not divisible by world size 4.*1, 2, 3, 6 ranks"):
+    with pytest.raises(ValueError,
+                       match=r"number of heads 6 is not divisible by world size 4.*1, 2, 3, 6 ranks"):
         ParallelAttention.from_dense(Attention(24, 6), rank=0, world_size=4)
     with pytest.raises(ValueError, match=r"hidden size 24 is not divisible by 5 heads"):
         Attention(24, 5)

@@ -96,7 +96,7 @@ class ParallelAttention(nn.Module):
         projs = (attn.q_proj, attn.k_proj, attn.v_proj)
         with torch.no_grad():
             # Rows of W_q (h, h) are grouped by head, so a contiguous row block = whole heads.
-            par.qkv.weight.copy_(torch.cat([p.weight.chunk(world_size, 1)[rank].T.reshape(-1, attn.hidden)[:attn.hidden // world_size] for p in projs]))
+            par.qkv.weight.copy_(torch.cat([p.weight.chunk(world_size, 0)[rank] for p in projs]))
             if has_bias:
                 par.qkv.bias.copy_(torch.cat([p.bias.chunk(world_size, 0)[rank] for p in projs]))
         par.out_proj = RowParallelLinear.from_dense(attn.out_proj, rank, world_size, group)

@@ -9,10 +9,10 @@ reaches the dispatcher, including the c10d ops behind ``dist.all_reduce`` & co. 
 functional collectives that DTensor issues, whoever calls them -- no monkeypatching, nothing to
 restore. The phase is "backward" while the autograd engine is running a graph task.
 
-Why not CommDebugMode itself: it works on gloo with plain process groups (it counted
-``c10d.allreduce_``/``allgather_``/``_allgather_base_`` here), but it tells forward from backward
-with module hooks, so calls outside an nn.Module's backward land in "forward", and it records no
-sizes. We keep it as an independent oracle in the tests.
+Why not torch's CommDebugMode: it works here (torch 2.13, gloo, plain process groups) and counts
+the same calls per op and per phase (``comm_module_counts["Global"]``, phase from module hooks),
+but it records no sizes, and bytes are what the lab compares with the wire. The tests use it as
+an independent oracle for our counts.
 """
 from __future__ import annotations
 

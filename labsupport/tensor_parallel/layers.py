@@ -218,10 +218,9 @@ class ParallelMLP(nn.Module):
                 f"{fc1.in_features} (h → ffn → h)"
             )
         check_divisible(fc1.out_features, world_size, "hidden size", "ParallelMLP (fc1.out_features)")
-        mlp = cls.__new__(cls)
-        nn.Module.__init__(mlp)
+        mlp = cls(fc1.in_features, fc1.out_features, fc1.bias is not None, rank, world_size,
+                  group, fc1.weight.dtype)
         mlp.fc1 = ColumnParallelLinear.from_dense(fc1, rank, world_size, group)
-        mlp.act = nn.GELU()
         mlp.fc2 = RowParallelLinear.from_dense(fc2, rank, world_size, group)
         return mlp
 

@@ -1,0 +1,118 @@
+"""One source for notebooks: the build, its sync with notebooks/, and committed notebooks' hygiene."""
+import subprocess
+import sys
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from labsupport import course
+
+ROOT = course.repo_root(__file__)
+SOLUTIONS = course.lab_paths(ROOT, "solutions")
+STUDENT = course.lab_paths(ROOT, "notebooks")
+
+
+def _exercise(source, grade_id="ex"):
+    cell = new_code_cell(source)
+    cell.metadata["nbgrader"] = {"solution": True, "grade": False, "grade_id": grade_id}
+    return cell
+
+
+def _check(source, grade_id="chk", points=1):
+    cell = new_code_cell(source)
+    cell.metadata["nbgrader"] = {"solution": False, "grade": True, "grade_id": grade_id,
+                                 "points": points}
+    return cell
+
+
+def test_build_replaces_solutions_keeping_indentation_and_tags_failing_cells():
+    nb = new_notebook(cells=[
+        new_code_cell("x = 1"),
+        _exercise("def f(a):\n    '''doc'''\n    ### BEGIN SOLUTION\n    return a + 1\n    ### END SOLUTION"),
+        _exercise("### BEGIN SOLUTION\nanswer = 42\n### END SOLUTION\nprint(answer)", "ex2"),
+        _check("assert f(1) == 2\n### BEGIN HIDDEN TESTS\nassert f(2) == 3\n### END HIDDEN TESTS"),
+    ])
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", text="1")]
+    nb.cells[0].execution_count = 3
+    out = course.build_student(nb)
+    assert out.cells[0].outputs == [] and out.cells[0].execution_count is None
+    assert out.cells[1].source == ("def f(a):\n    '''doc'''\n    # YOUR CODE HERE\n"
+                                   "    raise NotImplementedError()")
+    assert out.cells[2].source == "# YOUR CODE HERE\nraise NotImplementedError()\nprint(answer)"
+    assert out.cells[3].source == "assert f(1) == 2"
+    # A function body that raises only fails when called: its cell must run clean.
+    assert "tags" not in out.cells[1].metadata
+    assert out.cells[2].metadata["tags"] == ["raises-exception"]
+    assert out.cells[3].metadata["tags"] == ["raises-exception"]
+    assert nb.cells[1].source.count("return a + 1") == 1, "the solution notebook must not change"
+
+
+def test_build_replaces_markdown_answers():
+    cell = new_markdown_cell("Why?\n\n### BEGIN SOLUTION\nBecause.\n### END SOLUTION")
+    cell.metadata["nbgrader"] = {"solution": True, "grade": False, "grade_id": "why"}
+    out = course.build_student(new_notebook(cells=[cell]))
+    assert out.cells[0].source == "Why?\n\nYOUR ANSWER HERE"
+
+
+@pytest.mark.parametrize("source, message", [
+    ("### BEGIN SOLUTION\nx = 1", "never closed"),
+    ("x = 1\n### END SOLUTION", "without ### BEGIN SOLUTION"),
+    ("### BEGIN SOLUTION\n### BEGIN HIDDEN TESTS\n", "inside an open region"),
+])
+def test_build_rejects_broken_markers(source, message):
+    with pytest.raises(course.BuildError, match=message):
+        course.build_student(new_notebook(cells=[_exercise(source)]))
+
+
+def test_build_rejects_solution_without_metadata_and_check_without_id():
+    with pytest.raises(course.BuildError, match="no nbgrader solution=true"):
+        course.build_student(new_notebook(cells=[new_code_cell("### BEGIN SOLUTION\n### END SOLUTION")]))
+    with pytest.raises(course.BuildError, match="without a grade_id"):
+        course.build_student(new_notebook(cells=[_check("pass", grade_id="")]))
+
+
+def test_every_lab_has_a_student_version_and_nothing_else():
+    assert SOLUTIONS, "no labs found in solutions/"
+    assert [p.name for p in STUDENT] == [p.name for p in SOLUTIONS]
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_notebooks_equal_what_the_build_writes(path):
+    expected = course.render(course.build_student(nbformat.read(path, as_version=4), path.name))
+    actual = (ROOT / "notebooks" / path.name).read_text()
+    assert actual == expected, f"notebooks/{path.name} is out of date: run `labs build`"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS + STUDENT, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_committed_notebooks_have_no_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"cell {i} has outputs"
+
+
+@pytest.mark.parametrize("path", STUDENT, ids=lambda p: p.stem)
+def test_student_notebooks_hold_no_solution_text(path):
+    text = path.read_text()
+    for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"):
+        assert marker not in text
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.stem)
+def test_each_lab_has_exercises_and_checks(path):
+    nb = nbformat.read(path, as_version=4)
+    exercises = [c for c in nb.cells if course.is_exercise_cell(c)]
+    checks = [c for c in nb.cells if course.is_check_cell(c)]
+    assert exercises and checks
+    ids = [course.nbgrader_meta(c)["grade_id"] for c in exercises + checks]
+    assert len(ids) == len(set(ids)), f"duplicate grade_id in {path.name}"
+    for cell in checks:
+        assert course.nbgrader_meta(cell).get("points", 0) > 0
+
+
+def test_labs_build_check_reports_in_sync():
+    run = subprocess.run([sys.executable, "-m", "labsupport.cli", "build", "--check"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
