@@ -12,7 +12,7 @@ import math
 import torch
 
 __all__ = ["assert_close", "explain_mismatch", "check_function", "check_gather_list",
-           "check_ring_all_gather", "not_implemented", "passed"]
+           "check_ring_all_gather", "launch_check", "not_implemented", "passed"]
 
 
 def passed(name, detail=""):
@@ -209,27 +209,38 @@ def _ring_check_rank(rank, world_size, student_fn, shape, dtype, seed):
     return ("ok", check_gather_list(got, expected, name="ring_all_gather", rank=rank))
 
 
+def launch_check(name, rank_fn, world_size, *args, timeout_s=20, hang_hint="", **kwargs):
+    """``launch(rank_fn, world_size, ...)`` for a check cell, with a rank's failure explained.
+
+    A student's ``NotImplementedError`` in any rank becomes :func:`not_implemented`; a rank that
+    waited past ``timeout_s`` in a collective or send/recv becomes an AssertionError naming the
+    hang and ``hang_hint`` (what usually causes it in this exercise); anything else an
+    AssertionError carrying the rank's traceback.
+    """
+    from .launcher import LaunchError, launch
+
+    try:
+        return launch(rank_fn, world_size, *args, timeout_s=timeout_s, **kwargs)
+    except LaunchError as exc:
+        if "NotImplementedError" in exc.traceback:
+            raise not_implemented(name) from None
+        if "timed out" in str(exc).lower() or "timeout" in exc.traceback.lower():
+            raise AssertionError(
+                f"{name} hung with {world_size} ranks: a rank waited more than {timeout_s} s in "
+                f"a collective or send/recv that no peer matched. {hang_hint}".strip()) from None
+        raise AssertionError(f"{name} failed with {world_size} ranks:\n{exc}") from None
+
+
 def check_ring_all_gather(student_fn, world_sizes=(2, 4), shape=(3, 5), dtype=torch.float32,
                           timeout_s=20, seed=0, name="ring_all_gather"):
     """Check a send/recv ring all-gather against ``dist.all_gather`` on several world sizes."""
-    from .launcher import LaunchError, launch
-
+    hint = ("It deadlocked: a blocking dist.send waits until the peer receives, so if every rank "
+            "sends before it receives, they all wait for each other. Post the send with "
+            "dist.isend (or alternate send/recv order by rank parity), and check each step's "
+            "source and destination ranks.")
     for world_size in world_sizes:
-        try:
-            results = launch(_ring_check_rank, world_size, student_fn, shape, dtype, seed,
-                             timeout_s=timeout_s)
-        except LaunchError as exc:
-            if "NotImplementedError" in exc.traceback:
-                raise not_implemented(name) from None
-            if "timed out" in str(exc).lower() or "timeout" in exc.traceback.lower():
-                raise AssertionError(
-                    f"{name} deadlocked with {world_size} ranks on a tensor of shape {shape}: "
-                    f"every rank waited more than {timeout_s} s in a send or recv that no peer "
-                    "matched. A blocking dist.send waits until the peer receives, so if every "
-                    "rank sends before it receives, they all wait for each other: post the send "
-                    "with dist.isend (or alternate send/recv order by rank parity), and check "
-                    "each step's source and destination ranks.") from None
-            raise AssertionError(f"{name} failed with {world_size} ranks:\n{exc}") from None
+        results = launch_check(name, _ring_check_rank, world_size, student_fn, shape, dtype, seed,
+                               timeout_s=timeout_s, hang_hint=hint)
         for status, detail in results:
             if status == "not_implemented":
                 raise not_implemented(name)
