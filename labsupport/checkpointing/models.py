@@ -1,0 +1,164 @@
+"""Models of Lab 05: the seed's 4-layer MLP, stacks of blocks checkpointed in segments, and a
+small transformer block whose activation memory the lab predicts by formula.
+
+All models take 2-D token batches ``x: [T, d]`` (T = batch x sequence tokens) except
+:class:`TransformerBlock`, which takes ``[b, s, h]``. fp32 throughout (4 bytes per element).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint, checkpoint_sequential
+
+# Ops whose outputs selective checkpointing keeps: the matmuls (expensive to recompute).
+MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm", "_scaled_mm")
+
+
+class SeedMLP(nn.Module):
+    """The seed's 4-layer MLP: Linear(d,h) ReLU | Linear(h,h) ReLU Linear(h,h) ReLU | Linear(h,d).
+
+    ``middle`` (layers 2 and 3) is what the seed's exercise wraps in ``checkpoint``.
+    x: [T, d] -> [T, d].
+    """
+
+    def __init__(self, d: int, h: int, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.first = nn.Sequential(nn.Linear(d, h), nn.ReLU())
+        self.middle = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU())
+        self.last = nn.Linear(h, d)
+
+    def forward(self, x):
+        return self.last(self.middle(self.first(x)))
+
+
+def checkpointed_mlp_forward(model: SeedMLP, x: torch.Tensor) -> torch.Tensor:
+    """Reference for the exercise: the same forward, ``model.middle`` recomputed in backward.
+
+    Non-reentrant: ``checkpoint`` keeps the middle's input (it needs it to recompute) and drops
+    everything the middle saved inside; gradients are identical to the plain forward.
+    """
+    a1 = model.first(x)
+    a3 = checkpoint(model.middle, a1, use_reentrant=False)
+    return model.last(a3)
+
+
+class CheckpointedMLP(nn.Module):
+    """Wraps a :class:`SeedMLP` and runs ``forward_fn(mlp, x)`` (e.g. a student's forward)."""
+
+    def __init__(self, mlp: SeedMLP, forward_fn=checkpointed_mlp_forward):
+        super().__init__()
+        self.mlp, self.forward_fn = mlp, forward_fn
+
+    def forward(self, x):
+        return self.forward_fn(self.mlp, x)
+
+
+def wide_block(d: int) -> nn.Sequential:
+    """LN -> Linear(d,4d) -> GELU -> Linear(4d,d): saves ~10 [T,d] tensors, ~10x its input."""
+    return nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+
+def thin_block(d: int) -> nn.Sequential:
+    """Linear(d,d) -> ReLU: saves exactly one [T,d] tensor, as much as its input."""
+    return nn.Sequential(nn.Linear(d, d), nn.ReLU())
+
+
+def split_evenly(n: int, k: int) -> list[range]:
+    """``n`` block indices cut into ``k`` contiguous segments whose sizes differ by at most 1."""
+    if not 1 <= k <= n:
+        raise ValueError(f"need 1 <= segments <= layers, got {k} segments for {n} layers")
+    q, r = divmod(n, k)
+    out, start = [], 0
+    for i in range(k):
+        size = q + (1 if i < r else 0)
+        out.append(range(start, start + size))
+        start += size
+    return out
+
+
+def selective_policy(ctx, op, *args, **kwargs):
+    """Selective checkpointing policy: keep matmul outputs, recompute everything else."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    name = op.overloadpacket.__name__ if hasattr(op, "overloadpacket") else str(op)
+    if name in MATMUL_OPS:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def selective_context():
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    return create_selective_checkpoint_contexts(selective_policy)
+
+
+class Stack(nn.Module):
+    """``layers`` blocks, checkpointed according to ``mode``. x: [T, d] -> [T, d].
+
+    Modes:
+        "none":       plain forward, every block's activations kept for backward.
+        "segments":   ``segments`` near-equal contiguous segments, *each* wrapped in
+                      non-reentrant ``checkpoint`` (only segment inputs are kept).
+        "sequential": ``torch.utils.checkpoint.checkpoint_sequential`` with ``segments``: its
+                      last segment runs without checkpoint (see the lab).
+        "selective":  every block checkpointed with :func:`selective_policy` (matmul outputs
+                      kept, LayerNorm/GELU recomputed).
+    ``segments=layers`` in "segments" mode checkpoints every block.
+    """
+
+    def __init__(self, layers: int, d: int, mode: str = "none", segments: int = 1,
+                 block: str = "wide", seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        make = {"wide": wide_block, "thin": thin_block}[block]
+        self.blocks = nn.Sequential(*(make(d) for _ in range(layers)))
+        self.mode, self.segments = mode, segments
+        if mode in ("segments", "sequential"):
+            split_evenly(layers, segments)  # validate now, not in forward
+
+    def forward(self, x):
+        if self.mode == "none":
+            return self.blocks(x)
+        if self.mode == "sequential":
+            return checkpoint_sequential(self.blocks, self.segments, x, use_reentrant=False)
+        if self.mode == "selective":
+            for blk in self.blocks:
+                x = checkpoint(blk, x, use_reentrant=False, context_fn=selective_context)
+            return x
+        if self.mode == "segments":
+            for seg in split_evenly(len(self.blocks), self.segments):
+                x = checkpoint(self.blocks[seg.start:seg.stop], x, use_reentrant=False)
+            return x
+        raise ValueError(f"unknown mode {self.mode!r}")
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN transformer block with explicit (math) attention, no dropout. x: [b, s, h].
+
+    x1 = x + proj(attention(ln1(x)));  out = x1 + fc2(gelu(fc1(ln2(x1)))).
+    Attention materialises scores [b, a, s, s]: that is the s^2 term of the memory formula.
+    """
+
+    def __init__(self, h: int, heads: int, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.h, self.a = h, heads
+        self.ln1, self.ln2 = nn.LayerNorm(h), nn.LayerNorm(h)
+        self.qkv, self.proj = nn.Linear(h, 3 * h), nn.Linear(h, h)
+        self.fc1, self.fc2 = nn.Linear(h, 4 * h), nn.Linear(4 * h, h)
+
+    def forward(self, x):
+        b, s, h = x.shape
+        hd = h // self.a
+        qkv = self.qkv(self.ln1(x)).view(b, s, 3, self.a, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]                   # each [b, a, s, hd], views
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))   # [b, a, s, s]
+        p = scores.softmax(dim=-1)
+        ctx = (p @ v).transpose(1, 2).reshape(b, s, h)
+        x = x + self.proj(ctx)
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))

@@ -1,0 +1,88 @@
+"""Figures and the explorer widget of Lab 05 (matplotlib/ipywidgets imported lazily)."""
+from __future__ import annotations
+
+import math
+
+from .formulas import best_segments, segment_memory
+
+MiB = 2**20
+
+
+def plot_segment_sweep(rows, layers, x_bytes, a_bytes, title="", ax=None):
+    """Measured after-forward and backward peak (MiB) vs segment count, with the model of
+    :func:`segment_memory` (peak offset matched at segments = layers) and the O(sqrt L) point."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 4))
+    rows = [r for r in rows if r["segments"] > 0]
+    ks = [r["segments"] for r in rows]
+    ax.plot(ks, [r["after_forward"] / MiB for r in rows], "o-", label="measured: held after forward")
+    ax.plot(ks, [r["backward_peak"] / MiB for r in rows], "s-", label="measured: backward peak")
+    grid = list(range(1, layers + 1))
+    last = rows[-1]
+    offset = last["backward_peak"] - segment_memory(layers, last["segments"], x_bytes, a_bytes)["backward_peak"]
+    ax.plot(grid, [segment_memory(layers, k, x_bytes, a_bytes)["backward_peak"] / MiB + offset / MiB
+                   for k in grid], ":", color="grey", label="model: k·x + ⌈L/k⌉·a (+ offset)")
+    ax.plot(grid, [k * x_bytes / MiB for k in grid], "--", color="lightgrey", label="model: k·x")
+    root = math.sqrt(layers)
+    ax.axvline(root, color="tab:green", lw=0.8)
+    ax.text(root, ax.get_ylim()[1] * 0.55, " k=√L", color="tab:green", va="top")
+    best, cont = best_segments(layers, x_bytes, a_bytes)
+    ax.axvline(cont, color="tab:red", lw=0.8)
+    ax.text(cont, ax.get_ylim()[1] * 0.45, f" √(L·a/x)={cont:.1f}", color="tab:red", va="top")
+    ax.set_xlabel("segments k")
+    ax.set_ylabel("MiB above start")
+    ax.set_title(title or f"L={layers}: memory vs segments")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def explorer(measured=None):
+    """Sliders (layers, segments, a/x, backward/forward time) -> the memory/time trade-off,
+    from :func:`segment_memory` (fast, no model runs). ``measured``: optional
+    ``{(layers, a/x rounded): rows}`` drawn as points when the sliders match.
+    Returns the widget box (display it as the last expression of a cell)."""
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+
+    layers = w.IntSlider(value=16, min=2, max=64, description="layers L")
+    segs = w.IntSlider(value=4, min=1, max=16, description="segments k")
+    ratio = w.FloatSlider(value=10.0, min=1.0, max=16.0, step=0.5, description="a / x")
+    bwd = w.FloatSlider(value=2.0, min=1.0, max=3.0, step=0.1, description="bwd / fwd")
+
+    def _clip(change):
+        segs.max = layers.value
+
+    layers.observe(_clip, names="value")
+
+    def draw(L, k, r, b):
+        k = min(k, L)
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+        ks = list(range(1, L + 1))
+        peak = [segment_memory(L, j, 1.0, r)["backward_peak"] for j in ks]
+        ax1.plot(ks, peak, label="model: backward peak (units of x, no gradients)")
+        ax1.plot(ks, [segment_memory(L, j, 1.0, r)["after_forward"] for j in ks],
+                 label="model: held after forward")
+        ax1.axhline(L * r, color="grey", ls="--", label="no checkpointing (L·a)")
+        ax1.plot([k], [segment_memory(L, k, 1.0, r)["backward_peak"]], "ro")
+        for (ml, mr), rows in (measured or {}).items():
+            if ml == L and abs(mr - r) < 0.75:
+                xs = [q["segments"] for q in rows if q["segments"]]
+                unit = rows[0]["x_bytes"]
+                ax1.plot(xs, [q["backward_peak"] / unit for q in rows if q["segments"]], "k.",
+                         label="measured (this notebook)")
+        best, cont = best_segments(L, 1.0, r)
+        ax1.set_title(f"best k = {best} (√(L·a/x) = {cont:.1f}, √L = {math.sqrt(L):.1f})")
+        ax1.set_xlabel("segments k")
+        ax1.legend(fontsize=7)
+        # Time: every checkpointed block runs its forward twice; fwd = 1, bwd = b.
+        plain = 1 + b
+        ax2.bar(["no ckpt", f"k={k}"], [plain, plain + 1], color=["tab:blue", "tab:orange"])
+        ax2.set_title(f"step time ×{(plain + 1) / plain:.2f} (one extra forward)")
+        ax2.set_ylabel("time, units of one forward")
+        plt.tight_layout()
+        plt.show()
+
+    out = w.interactive_output(draw, {"L": layers, "k": segs, "r": ratio, "b": bwd})
+    return w.VBox([w.HBox([layers, segs]), w.HBox([ratio, bwd]), out])
