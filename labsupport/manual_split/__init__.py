@@ -1,0 +1,20 @@
+"""Lab 02: split a model by hand across two devices (the seed's cuda:0 / cuda:1 exercise).
+
+    from labsupport import manual_split as ms
+    devices = ms.split_devices(2)            # [cuda:0, cuda:1], else CPU stand-ins (printed)
+    parts = ms.split_model(ms.make_mlp(), devices)
+    y = ms.split_forward(parts, x, devices)  # x [B, d_in] -> y [B, d_out] on devices[1]
+
+Modules: ``split`` (devices, model, split forward, chunked forward, timing, memory per
+partition), ``plot`` (Gantt charts, speedup), ``ranks`` (the halves as two processes with
+send/recv), ``checks`` (the exercises' check cells).
+"""
+from .plot import gantt, overlap_seconds, plot_speedup
+from .ranks import core_share, merged_records, pipeline_rank, simulated_step, step_times
+from .split import (chunked_forward, make_mlp, partition_memory, split_devices, split_forward,
+                    split_model, split_point, timed_forward, train_step)
+
+__all__ = ["chunked_forward", "core_share", "gantt", "make_mlp", "merged_records",
+           "overlap_seconds", "partition_memory", "pipeline_rank", "plot_speedup",
+           "simulated_step", "split_devices", "split_forward", "split_model", "split_point",
+           "step_times", "timed_forward", "train_step"]
