@@ -158,6 +158,7 @@ def _measure_loopback(t):
                 run = lambda: dist.all_gather(pieces, torch.ones(LOOPBACK_N // 4 // t))
             dist.barrier()
             before = loopback_bytes()
+            dist.barrier()  # else a fast rank sends before rank 0 reads `before`
             run()
             dist.barrier()
             deltas.append(loopback_bytes().tx_bytes - before.tx_bytes)
