@@ -184,4 +184,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Re-import this file as the module `gpu_check`, so that its rank functions are importable
+    # by the ranks and travel by reference (plain pickle: the GPU machine may lack cloudpickle).
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import gpu_check
+
+    sys.exit(gpu_check.main())

@@ -37,12 +37,13 @@ def _die_with_parent(parent_pid):
 
 
 def _write_result(path, outcome):
-    import cloudpickle
     import torch
+
+    from labsupport.launcher import pickler
 
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
-        torch.save(outcome, f, pickle_module=cloudpickle)
+        torch.save(outcome, f, pickle_module=pickler())
     os.replace(tmp, path)  # atomic: the parent never reads half a result
 
 
@@ -72,7 +73,8 @@ def main():
     timeout = datetime.timedelta(seconds=float(os.environ["LABSUPPORT_TIMEOUT_S"]))
     result_path = os.environ["LABSUPPORT_RESULT"]
 
-    import cloudpickle
+    import pickle
+
     import torch
     import torch.distributed as dist
 
@@ -80,7 +82,7 @@ def main():
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     try:
         with open(os.environ["LABSUPPORT_PAYLOAD"], "rb") as f:
-            fn, args, kwargs = cloudpickle.load(f)
+            fn, args, kwargs = pickle.load(f)  # cloudpickle's output is plain pickle data
         store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                               False, timeout=timeout)
         # This file runs as __main__; the labsupport modules the user's code imports are other

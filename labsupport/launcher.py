@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -133,14 +134,20 @@ class _Launch:
         self.progress_bar = None
 
     def run(self):
-        import cloudpickle
         import torch.distributed as dist
 
         self.tmp = tempfile.mkdtemp(prefix="labsupport-launch-")
         try:
             payload = os.path.join(self.tmp, "payload.pkl")
             with open(payload, "wb") as f:
-                cloudpickle.dump((self.fn, self.args, self.kwargs), f)
+                try:
+                    pickler().dump((self.fn, self.args, self.kwargs), f)
+                except (pickle.PicklingError, AttributeError, TypeError) as exc:
+                    raise ValueError(
+                        f"cannot send {getattr(self.fn, '__name__', self.fn)!r} or its arguments "
+                        f"to the ranks: {exc}. Functions defined in a notebook or script need "
+                        "cloudpickle (pip install cloudpickle); arguments must be picklable."
+                    ) from exc
             # The parent owns the rendezvous store: the OS picks a free port, so concurrent and
             # back-to-back launches cannot collide.
             self.store = dist.TCPStore("127.0.0.1", 0, None, True,
@@ -288,6 +295,19 @@ class _Launch:
             from tqdm.auto import tqdm
             bar = self.progress_bar = tqdm(total=total, desc=desc)
         bar.update(done - bar.n)
+
+
+def pickler():
+    """cloudpickle when installed (ships notebook-defined functions by value), else pickle.
+
+    Plain pickle still works for functions a child can import (module-level functions of an
+    importable module): the GPU check machine has torch alone.
+    """
+    try:
+        import cloudpickle
+    except ImportError:
+        return pickle
+    return cloudpickle
 
 
 def _load_result(path):

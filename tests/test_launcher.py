@@ -226,11 +226,13 @@ def test_in_place_under_an_external_launcher(tmp_path):
             return (rank, world_size, x, os.getpid(), dist.get_world_size())
         out = labsupport.launch(fn, 8, "arg")
         kids = [p for p in psutil.Process().children(recursive=True)]
-        print("RESULT", out[0][:3], len(out), out[0][3] == os.getpid(), out[0][4], len(kids))
+        line = f"RESULT {out[0][:3]} {len(out)} {out[0][3] == os.getpid()} {out[0][4]} {len(kids)}"
+        with open(os.path.join({str(tmp_path)!r}, "rank" + os.environ["RANK"]), "w") as f:
+            f.write(line)   # one file per rank: two processes' stdout would interleave
     """))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(script)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    lines = sorted(l for l in run.stdout.splitlines() if l.startswith("RESULT"))
+    lines = [(tmp_path / f"rank{r}").read_text() for r in range(2)]
     assert lines == ["RESULT (0, 2, 'arg') 1 True 2 0", "RESULT (1, 2, 'arg') 1 True 2 0"]
