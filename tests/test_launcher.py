@@ -218,18 +218,19 @@ def test_killed_parent_takes_its_ranks_with_it(tmp_path):
 def test_in_place_under_an_external_launcher(tmp_path):
     """With RANK/WORLD_SIZE set (torchrun, deepspeed), launch runs fn here, for this rank only."""
     script = tmp_path / "inplace.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(textwrap.dedent("""
         import sys, os
-        sys.path.insert(0, {ROOT!r})
+        sys.path.insert(0, ROOT)
         import psutil, labsupport, torch.distributed as dist
         def fn(rank, world_size, x):
             return (rank, world_size, x, os.getpid(), dist.get_world_size())
         out = labsupport.launch(fn, 8, "arg")
-        kids = [p for p in psutil.Process().children(recursive=True)]
-        line = f"RESULT {out[0][:3]} {len(out)} {out[0][3] == os.getpid()} {out[0][4]} {len(kids)}"
-        with open(os.path.join({str(tmp_path)!r}, "rank" + os.environ["RANK"]), "w") as f:
+        kids = psutil.Process().children(recursive=True)
+        line = "RESULT %s %d %s %d %d" % (out[0][:3], len(out), out[0][3] == os.getpid(),
+                                          out[0][4], len(kids))
+        with open(os.path.join(OUT, "rank" + os.environ["RANK"]), "w") as f:
             f.write(line)   # one file per rank: two processes' stdout would interleave
-    """))
+    """).replace("ROOT", repr(ROOT)).replace("OUT", repr(str(tmp_path))))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(script)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
