@@ -1,0 +1,109 @@
+"""How DeepSpeed's PipelineModule splits a layer list into stages — computed without ranks.
+
+``PipelineModule(layers, num_stages, partition_method=...)`` calls its ``_partition_layers``,
+which sets ``self.parts``: stage s holds layers ``parts[s]:parts[s+1]``. It needs a process
+group only to know *this* rank's stage, so here it runs on a small stand-in object: the numbers
+are DeepSpeed's own, for every stage at once.
+
+Methods (DeepSpeed 0.19): 'uniform' (equal layer counts), 'parameters' (balance trainable
+parameter counts), 'type:REGEX' (balance the layers whose class name matches). There is no
+explicit-list method; 'profile' is not implemented.
+"""
+from __future__ import annotations
+
+import types
+
+from ._ds import import_deepspeed
+
+
+def seed_layer_specs(width=1024):
+    """The seed lesson's layer list: Linear(w, w) → ReLU → Linear(w, w), as LayerSpecs."""
+    import torch.nn as nn
+
+    import_deepspeed()  # first: it sets DS_ACCELERATOR before deepspeed is imported
+    from deepspeed.pipe import LayerSpec
+
+    return [LayerSpec(nn.Linear, width, width), LayerSpec(nn.ReLU), LayerSpec(nn.Linear, width, width)]
+
+
+def layer_name(layer):
+    """'Linear', 'ReLU', ... the name DeepSpeed prints (and matches 'type:' against)."""
+    typename = getattr(layer, "typename", None)
+    return typename.__name__ if typename is not None else type(layer).__name__
+
+
+def deepspeed_parts(layers, num_stages, method="parameters"):
+    """DeepSpeed's stage boundaries ``parts`` (length num_stages + 1) for ``layers``.
+
+    Runs ``PipelineModule._partition_layers`` itself on a stand-in holding just what that method
+    reads (layer specs, stage count, a topology that answers "stage 0"), so no process group and
+    no model is built (``_count_layer_params`` builds one layer at a time to count it).
+    """
+    import_deepspeed()
+    from deepspeed.runtime.pipe.module import PipelineModule
+
+    stand_in = types.SimpleNamespace(
+        num_stages=num_stages, _layer_specs=list(layers), global_rank=-1, loss_fn=None,
+        _topo=types.SimpleNamespace(get_coord=lambda rank: types.SimpleNamespace(pipe=0)),
+        _set_bounds=lambda start, stop: None)
+    stand_in._count_layer_params = types.MethodType(PipelineModule._count_layer_params, stand_in)
+    stand_in._find_layer_type = types.MethodType(PipelineModule._find_layer_type, stand_in)
+    PipelineModule._partition_layers(stand_in, method=method)
+    return [int(p) for p in stand_in.parts]
+
+
+def layer_param_counts(layers):
+    """Trainable parameters per layer, counted the way DeepSpeed counts them."""
+    import_deepspeed()
+    from deepspeed.runtime.pipe.module import PipelineModule
+
+    stand_in = types.SimpleNamespace(_layer_specs=list(layers))
+    return PipelineModule._count_layer_params(stand_in)
+
+
+def partition_table(layers, num_stages, method="parameters", parts=None):
+    """One row per stage: ``{"stage", "layers": [(index, name)], "params"}``.
+
+    ``parts`` defaults to DeepSpeed's own partition for ``method``.
+    """
+    counts = layer_param_counts(layers)
+    parts = deepspeed_parts(layers, num_stages, method) if parts is None else list(parts)
+    return [{"stage": s,
+             "layers": [(i, layer_name(layers[i])) for i in range(parts[s], parts[s + 1])],
+             "params": sum(counts[parts[s]:parts[s + 1]])} for s in range(num_stages)]
+
+
+def format_partition_table(rows, title=""):
+    """The rows of :func:`partition_table` as aligned text (empty stages marked)."""
+    lines = [title] if title else []
+    lines.append(f"{'stage':>5}  {'layers':<42}{'parameters':>12}")
+    for row in rows:
+        names = ", ".join(f"{i}:{n}" for i, n in row["layers"]) or "(no layers)"
+        flag = "   <- no parameters" if row["params"] == 0 else ""
+        lines.append(f"{row['stage']:>5}  {names:<42}{row['params']:>12,}{flag}")
+    return "\n".join(lines)
+
+
+def check_every_stage_has_parameters(layers, num_stages, method="parameters"):
+    """Raise ValueError before launch when some stage would own no trainable parameters.
+
+    DeepSpeed would build that stage's optimizer over an empty list and fail on its rank with
+    "optimizer got an empty parameter list" — after the processes started, mid-initialize.
+    """
+    rows = partition_table(layers, num_stages, method)
+    empty = [r for r in rows if r["params"] == 0]
+    if empty:
+        where = "; ".join(f"stage {r['stage']} holds "
+                          + (", ".join(n for _, n in r["layers"]) or "no layers") for r in empty)
+        raise ValueError(
+            f"partition_method={method!r} splits {len(layers)} layers into {num_stages} stages "
+            f"and leaves stage(s) {[r['stage'] for r in empty]} without trainable parameters "
+            f"({where}): DeepSpeed would fail with 'optimizer got an empty parameter list'. "
+            f"Use fewer stages (at most {sum(1 for c in layer_param_counts(layers) if c)} "
+            "here) or a model with more parameterised layers.")
+    return rows
+
+
+def parts_max_params(parts, param_counts):
+    """The largest stage's parameter count under boundaries ``parts``."""
+    return max(sum(param_counts[a:b]) for a, b in zip(parts, parts[1:]))

@@ -1,0 +1,190 @@
+"""Lab 04: DeepSpeed's PipelineModule trained for real on 2 gloo ranks, and the set-up checks.
+
+Needs DeepSpeed (pinned 0.19.* in pyproject); skipped where it is not installed (the GPU box).
+"""
+import importlib
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("deepspeed")
+
+from labsupport import deepspeed_pipe as dsp  # noqa: E402
+from labsupport.deepspeed_pipe import _ds  # noqa: E402
+from labsupport.pipeline import one_f_one_b  # noqa: E402
+
+# lr 1e-2: large enough that AdamW's weight decay (lr·0.01 per step) moves the loss well above
+# the tolerance, so a reference with plain Adam is told apart.
+KWARGS = dict(width=256, micro_batch_size=8, micro_batches=4, steps=6, lr=1e-2)
+RTOL = 1e-5
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """One real 2-stage run shared by the assertions below (~3-5 s)."""
+    return dsp.run_deepspeed_pipeline(2, timeout_s=90, **KWARGS), dsp.reference_losses(**KWARGS)
+
+
+def test_engine_trains_and_matches_single_process_adamw(trained):
+    results, reference = trained
+    losses = results[0]["losses"]
+    assert results[1]["losses"] == losses  # train_batch broadcasts the last stage's loss
+    assert losses[-1] < 0.8 * losses[0], f"loss did not fall: {losses}"
+    for k, (a, b) in enumerate(zip(losses, reference)):
+        assert abs(a - b) <= RTOL * abs(b) + 1e-7, f"step {k}: engine {a} vs reference {b}"
+    assert [r["optimizer"] for r in results] == [("AdamW", 0.01)] * 2
+    assert [r["local_layers"] for r in results] == [["Linear", "ReLU"], ["Linear"]]
+
+
+def test_reference_with_plain_adam_would_not_match(trained):
+    """The comparison can fail: Adam without weight decay drifts away from DeepSpeed's AdamW."""
+    results, _ = trained
+    import torch
+
+    adam = dsp.reference_losses(**KWARGS, make_optimizer=lambda p, lr: torch.optim.Adam(p, lr=lr))
+    diffs = [abs(a - b) / b for a, b in zip(results[0]["losses"], adam)]
+    assert max(diffs) > 5 * RTOL, diffs
+
+
+def test_measured_passes_follow_1f1b(trained):
+    results, _ = trained
+    t = dsp.measured_timeline(results)
+    order = [[(e.kind, e.microbatch) for e in t.stage_events(s)] for s in range(2)]
+    assert order == [[(a.kind, a.microbatch) for a in st] for st in one_f_one_b(2, 4)]
+    assert all(ms > 0 for r in results for ms in r["step_ms"])
+
+
+@pytest.mark.parametrize("method", ["parameters", "uniform", "type:Linear"])
+def test_partition_tables_seed_layers(method):
+    layers = dsp.seed_layer_specs(1024)
+    assert dsp.deepspeed_parts(layers, 2, method) == [0, 2, 3]
+    rows = dsp.partition_table(layers, 2, method)
+    assert [r["params"] for r in rows] == [1049600, 1049600]
+    assert [[n for _, n in r["layers"]] for r in rows] == [["Linear", "ReLU"], ["Linear"]]
+    assert "1,049,600" in dsp.format_partition_table(rows)
+
+
+def test_partition_methods_differ_on_lopsided_layers():
+    import torch.nn as nn
+    from deepspeed.pipe import LayerSpec
+
+    layers = [LayerSpec(nn.Linear, 256, 1024), LayerSpec(nn.ReLU), LayerSpec(nn.Linear, 1024, 256),
+              LayerSpec(nn.Linear, 256, 256), LayerSpec(nn.ReLU), LayerSpec(nn.Linear, 256, 256)]
+    assert dsp.deepspeed_parts(layers, 2, "parameters") == [0, 2, 6]
+    assert dsp.deepspeed_parts(layers, 2, "uniform") == [0, 3, 6]
+    assert dsp.deepspeed_parts(layers, 2, "type:Linear") == [0, 3, 6]
+
+
+def test_empty_stage_caught_before_launch(monkeypatch):
+    from labsupport.deepspeed_pipe import train
+
+    monkeypatch.setattr(train, "train_pipeline", None)  # a launch would now fail differently
+    with pytest.raises(ValueError, match="empty parameter list") as info:
+        dsp.run_deepspeed_pipeline(4, steps=1)
+    assert "stage(s) [1, 3]" in str(info.value)
+
+
+def test_batch_arithmetic_validation():
+    good = dsp.make_config(8, 4)
+    assert good["train_batch_size"] == 32
+    assert dsp.explain_batch_config(good, world_size=2, stages=2) is None
+    assert dsp.explain_batch_config(dsp.make_config(8, 4, dp_size=2), 4, 2) is None
+    wrong = dsp.make_config(8, 4, train_batch_size=64)
+    msg = dsp.explain_batch_config(wrong, world_size=2, stages=2)
+    assert "8 × 4 × 1 = 32" in msg and "train_batch_size=64" in msg
+    with pytest.raises(ValueError, match="multiple of num_stages"):
+        dsp.validate_batch_config(good, world_size=3, stages=2)
+    with pytest.raises(ValueError, match="train_batch_size=64"):
+        dsp.run_deepspeed_pipeline(2, config=wrong)
+    # DeepSpeed's own check agrees with ours on the same config.
+    from deepspeed.runtime.config import DeepSpeedConfig
+    with pytest.raises(AssertionError, match="64 != 8 \\* 4 \\* 1"):
+        DeepSpeedConfig(wrong)
+    DeepSpeedConfig(good)
+
+
+def test_shm_op_build_is_skipped_then_restored(monkeypatch):
+    ds_torch = importlib.import_module("deepspeed.comm.torch")  # attr is shadowed
+
+    calls = []
+    monkeypatch.setattr(ds_torch, "build_shm_op", lambda: calls.append(1))
+    patched = ds_torch.build_shm_op
+    with _ds.skip_shm_comm_op():
+        assert ds_torch.build_shm_op() is None
+    assert ds_torch.build_shm_op is patched and calls == []
+
+
+def test_shm_skip_fails_loudly_when_private_function_is_gone(monkeypatch):
+    ds_torch = importlib.import_module("deepspeed.comm.torch")  # attr is shadowed
+
+    monkeypatch.delattr(ds_torch, "build_shm_op")
+    with pytest.raises(RuntimeError, match="build_shm_op.*tested with 0.19"):
+        with _ds.skip_shm_comm_op():
+            pass
+
+
+def _init_comm_rank(rank, world_size):
+    ds_torch = importlib.import_module("deepspeed.comm.torch")  # attr is shadowed
+
+    def refuse():
+        raise AssertionError("build_shm_op was called")
+
+    ds_torch.build_shm_op = refuse  # the skip must replace it for the whole init
+    start = time.perf_counter()
+    deepspeed = _ds.init_deepspeed_comm()
+    elapsed = time.perf_counter() - start
+    cdb = importlib.import_module("deepspeed.comm.comm").cdb
+    return elapsed, cdb.shm_comm_op, deepspeed.comm.get_world_size()
+
+
+def test_init_distributed_without_shm_build():
+    from labsupport import launch
+
+    results = launch(_init_comm_rank, 2, timeout_s=60)
+    for elapsed, shm_op, world in results:
+        assert shm_op is None and world == 2
+        assert elapsed < 10, f"init_distributed took {elapsed:.1f} s: did it compile the shm op?"
+
+
+def test_deepspeed_schedule_is_1f1b():
+    for p, m in [(2, 4), (4, 8), (3, 2)]:
+        assert dsp.deepspeed_actions(m, p) == one_f_one_b(p, m)
+    t = dsp.deepspeed_timeline(8, 4)
+    assert abs(t.bubble_fraction() - 3 / 11) < 1e-12
+
+
+def test_partition_exercise_check_accepts_and_rejects():
+    from deepspeed.runtime.utils import partition_uniform
+
+    from labsupport.deepspeed_pipe._checks import check_partition_by_parameters
+    from labsupport.pipeline import balance_layers
+
+    check_partition_by_parameters(lambda c, s: [0] + [r.stop for r in balance_layers(len(c), s, c)])
+    with pytest.raises(AssertionError, match="largest holds"):
+        check_partition_by_parameters(lambda c, s: partition_uniform(len(c), s))
+    with pytest.raises(AssertionError, match="boundaries"):
+        check_partition_by_parameters(lambda c, s: [0, len(c)])
+    with pytest.raises(NotImplementedError, match="not implemented"):
+        check_partition_by_parameters(lambda c, s: (_ for _ in ()).throw(NotImplementedError()))
+
+
+def test_torchrun_two_processes():
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "labsupport.deepspeed_pipe", "--width", "128", "--steps", "3", "--json"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    import json
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert len(line) == 1, proc.stdout  # only rank 0 prints its result
+    result = json.loads(line[0])
+    assert result["stage"] == 0 and result["parts"] == [0, 2, 3]
+    ref = dsp.reference_losses(width=128, steps=3)
+    assert result["losses"] == pytest.approx(ref, rel=1e-5)
