@@ -40,6 +40,33 @@ def cmd_run(args):
     return 1 if unexpected else 0
 
 
+def cmd_grade(args):
+    """Grade submitted notebooks; failing students are a result, not an error (exit 0)."""
+    from . import grading
+
+    paths = grading.expand(args.submissions)
+    absent = [str(p) for p in paths if not p.is_file()]
+    if absent or not paths:
+        print(f"labs grade: no such notebook: {', '.join(absent) or 'none given'}", file=sys.stderr)
+        return 2
+    csv_dir = os.path.dirname(os.path.abspath(args.csv))
+    if not os.path.isdir(csv_dir):
+        print(f"labs grade: --csv folder {csv_dir} does not exist", file=sys.stderr)
+        return 2
+    if args.timeout <= 0 or args.cell_timeout <= 0:
+        print("labs grade: --timeout and --cell-timeout must be positive", file=sys.stderr)
+        return 2
+    if not course.lab_paths():
+        raise course.BuildError(f"no labs in {course.repo_root() / 'solutions'}: run from the course")
+    results = grading.grade(paths, timeout_s=args.timeout, cell_timeout_s=args.cell_timeout,
+                            progress=lambda p: print(f"grading {p} ...", flush=True))
+    print()
+    print(grading.format_table(results))
+    grading.write_csv(results, args.csv)
+    print(f"\n{len(paths)} submission(s) graded; CSV: {args.csv}")
+    return 0
+
+
 def cmd_check(args):
     from .devices import describe_hardware
 
@@ -73,6 +100,14 @@ def main(argv=None):
     p.add_argument("--out", default="build/executed", help="where to write the executed copy")
     p.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("grade", help="grade submitted notebooks against the solutions (table + CSV)")
+    p.add_argument("submissions", nargs="+", metavar="SUBMISSION",
+                   help="student notebooks, or folders of them")
+    p.add_argument("--csv", default="grades.csv", help="where to write the grades (default grades.csv)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds allowed per notebook")
+    p.add_argument("--cell-timeout", type=float, default=120, help="seconds allowed per cell")
+    p.set_defaults(func=cmd_grade)
 
     p = sub.add_parser("check", help="report CPUs, GPUs, the distributed backend and versions")
     p.set_defaults(func=cmd_check)

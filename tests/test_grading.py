@@ -1,0 +1,257 @@
+"""Grading submissions: every way a student notebook can go wrong is graded, none stops the run.
+
+Submissions are made up from a tiny throw-away course (one lab, two exercises, two checks, one of
+them with a hidden test), so these tests don't depend on the real labs; one test grades Lab 00.
+"""
+import copy
+import csv
+import os
+import subprocess
+import sys
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from labsupport import course, grading
+
+CELL_TIMEOUT = 3
+
+DOUBLE = "def double(x):\n    ### BEGIN SOLUTION\n    return BASE * x\n    ### END SOLUTION"
+SQUARE = "def square(x):\n    ### BEGIN SOLUTION\n    return x * x\n    ### END SOLUTION"
+CHECK_DOUBLE = ("assert double(2) == 4, f'double(2) returned {double(2)!r}, expected 4'\n"
+                "### BEGIN HIDDEN TESTS\n"
+                "assert double(-3) == -6, f'double(-3) returned {double(-3)!r}, expected -6'\n"
+                "### END HIDDEN TESTS")
+CHECK_SQUARE = "assert square(3) == 9, f'square(3) returned {square(3)!r}, expected 9'"
+
+
+def _cell(source, grade_id, points=None):
+    cell = new_code_cell(source)
+    cell.metadata["nbgrader"] = {"grade": points is not None, "solution": points is None,
+                                 "grade_id": grade_id, "locked": points is not None,
+                                 "schema_version": 3, "task": False, **({"points": points} if points else {})}
+    return cell
+
+
+def _solution():
+    nb = new_notebook(cells=[
+        new_markdown_cell("# Tiny lab"), new_code_cell("BASE = 2"),
+        _cell(DOUBLE, "double"), _cell(CHECK_DOUBLE, "check_double", 2),
+        _cell(SQUARE, "square"), _cell(CHECK_SQUARE, "check_square", 3),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+def _answer(source):
+    return source.replace("    ### BEGIN SOLUTION\n", "").replace("\n    ### END SOLUTION", "")
+
+
+def _submission(double=None, square=None, drop=()):
+    """The student version with the given answers filled in and the cells ``drop`` deleted."""
+    nb = course.build_student(_solution())
+    for cell in nb.cells:
+        gid = course.nbgrader_meta(cell).get("grade_id")
+        if gid == "double" and double is not None:
+            cell.source = double
+        if gid == "square" and square is not None:
+            cell.source = square
+    nb.cells = [c for c in nb.cells if course.nbgrader_meta(c).get("grade_id") not in drop]
+    return nb
+
+
+SUBMISSIONS = {
+    "correct": _submission(_answer(DOUBLE), _answer(SQUARE)),
+    "fresh": _submission(),
+    "hidden_wrong": _submission("def double(x):\n    return abs(2 * x)", _answer(SQUARE)),
+    "crash": _submission(_answer(DOUBLE), "import os\nos._exit(1)"),
+    "loop": _submission("def double(x):\n    while True:\n        pass", _answer(SQUARE)),
+    "stubborn": _submission("import time\nwhile True:\n    try:\n        time.sleep(0.05)\n"
+                            "    except KeyboardInterrupt:\n        pass", _answer(SQUARE)),
+    "check_deleted": _submission(_answer(DOUBLE), "def square(x):\n    return x + x",
+                                 drop=("check_double",)),
+    "exercise_deleted": _submission(_answer(DOUBLE), drop=("square",)),
+    "syntax_error": _submission("def double(x)\n    return 2 * x", _answer(SQUARE)),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("course")
+    (root / "labsupport").mkdir()
+    (root / "solutions").mkdir()
+    nbformat.write(_solution(), root / "solutions" / "99_tiny.ipynb")
+    subs = root / "submissions"
+    subs.mkdir()
+    for name, nb in SUBMISSIONS.items():
+        nb = copy.deepcopy(nb)
+        if name == "check_deleted":  # tampering with a check the student can see changes nothing
+            for cell in nb.cells:
+                if course.nbgrader_meta(cell).get("grade_id") == "check_square":
+                    cell.source = "pass"
+        nbformat.write(nb, subs / f"{name}.ipynb")
+    (subs / "99_tiny_broken.ipynb").write_text("{ this is not json")
+    (subs / "notes.ipynb").write_text("[]")
+    return root
+
+
+@pytest.fixture(scope="module")
+def graded(tiny):
+    cwd = os.getcwd()
+    os.chdir(tiny)  # submissions are labelled relative to the current folder
+    try:
+        results = grading.grade(["submissions"], root=tiny, timeout_s=60, cell_timeout_s=CELL_TIMEOUT)
+    finally:
+        os.chdir(cwd)
+    print("\n" + grading.format_table(results))
+    by = {}
+    for r in results:
+        assert r.submission.startswith("submissions/")
+        by.setdefault(r.submission.rsplit("/", 1)[-1].removesuffix(".ipynb"), {})[r.grade_id] = r
+    return by
+
+
+def _summary(rows):
+    return {gid: (r.status, r.points) for gid, r in rows.items()}
+
+
+def test_correct_submission_gets_full_marks(graded):
+    assert _summary(graded["correct"]) == {"check_double": ("passed", 2), "check_square": ("passed", 3)}
+    assert all(r.lab == "99_tiny" and r.message == "" for r in graded["correct"].values())
+
+
+def test_fresh_student_notebook_is_not_implemented(graded):
+    assert _summary(graded["fresh"]) == {"check_double": ("not implemented", 0),
+                                         "check_square": ("not implemented", 0)}
+
+
+def test_hidden_test_the_student_never_saw_is_run(graded):
+    rows = graded["hidden_wrong"]
+    assert _summary(rows) == {"check_double": ("failed", 0), "check_square": ("passed", 3)}
+    assert rows["check_double"].message == "double(-3) returned 6, expected -6"
+
+
+def test_crash_keeps_earlier_verdicts_and_zeroes_the_rest(graded):
+    rows = graded["crash"]
+    assert _summary(rows) == {"check_double": ("passed", 2), "check_square": ("crashed", 0)}
+    assert "kernel died in exercise cell 'square'" in rows["check_square"].message
+
+
+def test_infinite_loop_is_interrupted_and_later_checks_still_run(graded):
+    rows = graded["loop"]
+    assert _summary(rows) == {"check_double": ("timeout", 0), "check_square": ("passed", 3)}
+    assert f"{CELL_TIMEOUT} s cell time limit" in rows["check_double"].message
+
+
+def test_loop_that_swallows_interrupts_gets_its_kernel_killed(graded):
+    rows = graded["stubborn"]
+    assert _summary(rows) == {"check_double": ("timeout", 0), "check_square": ("timeout", 0)}
+    assert "ignored the interrupt" in rows["check_square"].message
+
+
+def test_deleted_or_edited_check_cells_still_run_from_the_solution(graded):
+    rows = graded["check_deleted"]
+    assert _summary(rows) == {"check_double": ("passed", 2), "check_square": ("failed", 0)}
+    assert rows["check_double"].message == "check cell deleted in the submission: graded with the original"
+    assert rows["check_square"].message == ("square(3) returned 6, expected 9; "
+                                            "check cell edited in the submission: graded with the original")
+
+
+def test_exercise_cell_that_raises_is_blamed(graded):
+    rows = graded["syntax_error"]
+    assert _summary(rows) == {"check_double": ("failed", 0), "check_square": ("passed", 3)}
+    assert rows["check_double"].message.startswith("exercise cell 'double' raised SyntaxError")
+
+
+def test_bare_assert_reports_the_failing_line():
+    error = {"ename": "AssertionError", "evalue": "", "traceback": [
+        "\x1b[0;31mAssertionError\x1b[0m  Traceback",
+        "Cell \x1b[0;32mIn[3], line 2\x1b[0m\n      1 x = 1\n\x1b[0;32m----> 2\x1b[0m assert f(2) == 3\n"]}
+    assert grading._one_line(error) == "at: assert f(2) == 3"
+
+
+def test_deleted_exercise_cell_is_missing(graded):
+    rows = graded["exercise_deleted"]
+    assert _summary(rows) == {"check_double": ("passed", 2), "check_square": ("missing", 0)}
+    assert "'square' is not in the submission" in rows["check_square"].message
+
+
+def test_unreadable_notebooks_are_graded_zero(graded):
+    # Named after a lab: that lab's checks, each 0 of its points; otherwise one row.
+    assert _summary(graded["99_tiny_broken"]) == {"check_double": ("unreadable", 0),
+                                                  "check_square": ("unreadable", 0)}
+    assert graded["99_tiny_broken"]["check_square"].max_points == 3
+    assert _summary(graded["notes"]) == {"": ("unreadable", 0)}
+
+
+def test_notebook_time_limit_kills_the_kernel(tiny):
+    rows = grading.grade_submission(tiny / "submissions" / "loop.ipynb", root=tiny, timeout_s=4,
+                                    cell_timeout_s=60)
+    assert [(r.status, r.points) for r in rows] == [("timeout", 0), ("timeout", 0)]
+    assert "notebook time limit (4 s)" in rows[0].message
+
+
+def test_lab_matched_by_grade_ids_else_file_name(tiny):
+    labs = grading.load_solutions(tiny)
+    assert grading.match_lab(labs, SUBMISSIONS["fresh"], "whatever.ipynb").path.stem == "99_tiny"
+    assert grading.match_lab(labs, new_notebook(), "99_tiny (2).ipynb").path.stem == "99_tiny"
+    assert grading.match_lab(labs, new_notebook(), "lab.ipynb") is None
+
+
+def test_csv_columns_and_totals(tmp_path):
+    results = [grading.CheckResult("a.ipynb", "c1", 2.0, 2.0, "passed"),
+               grading.CheckResult("a.ipynb", "c2", 0.0, 3.0, "failed", "wrong, \"quoted\"")]
+    grading.write_csv(results, tmp_path / "g.csv")
+    with open(tmp_path / "g.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["submission", "grade_id", "points", "max_points", "status", "message"]
+    assert rows[2] == ["a.ipynb", "c2", "0", "3", "failed", "wrong, \"quoted\""]
+    assert grading.totals(results) == {"a.ipynb": (2.0, 5.0)}
+    table = grading.format_table(results).splitlines()
+    assert table[0].split() == ["submission", "check", "points", "status", "message"]
+    assert "TOTAL" in table[-1] and "2/5" in table[-1]
+
+
+def _labs(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "labsupport.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_grades_prints_table_writes_csv_and_exits_0(tiny):
+    run = _labs("grade", "submissions/correct.ipynb", "submissions/hidden_wrong.ipynb",
+                "--csv", "out.csv", "--cell-timeout", "10", cwd=tiny)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "TOTAL (99_tiny)  5/5" in run.stdout and "TOTAL (99_tiny)  3/5" in run.stdout
+    with open(tiny / "out.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["grade_id"], r["points"], r["status"]) for r in rows] == [
+        ("check_double", "2", "passed"), ("check_square", "3", "passed"),
+        ("check_double", "0", "failed"), ("check_square", "3", "passed")]
+
+
+def test_cli_usage_errors_exit_non_zero(tiny):
+    assert _labs("grade", "submissions/nope.ipynb", cwd=tiny).returncode == 2
+    assert _labs("grade", cwd=tiny).returncode == 2
+    assert _labs("grade", "submissions/correct.ipynb", "--csv", "no/such/dir/g.csv",
+                 cwd=tiny).returncode == 2
+
+
+def test_real_lab_00_with_the_solution_filled_in_gets_full_marks(tmp_path):
+    root = course.repo_root(__file__)
+    solution = nbformat.read(course.find_lab("00", root), as_version=4)
+    student = nbformat.read(course.find_lab("00", root, "notebooks"), as_version=4)
+    answers = {course.nbgrader_meta(c)["grade_id"]: c.source for c in solution.cells
+               if course.is_exercise_cell(c)}
+    for cell in student.cells:
+        if course.is_exercise_cell(cell):
+            cell.source = _answer_all(answers[course.nbgrader_meta(cell)["grade_id"]])
+    nbformat.write(student, tmp_path / "alice_lab00.ipynb")
+    rows = grading.grade_submission(tmp_path / "alice_lab00.ipynb", root=root)
+    assert rows and all(r.status == "passed" and r.points == r.max_points for r in rows), rows
+
+
+def _answer_all(source):
+    """A solution cell as a student would write it: the nbgrader marker lines removed."""
+    return "\n".join(line for line in source.splitlines()
+                     if line.strip() not in (course.BEGIN_SOLUTION, course.END_SOLUTION))
