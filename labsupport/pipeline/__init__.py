@@ -7,6 +7,10 @@
 
 Pure Python + torch-free: no process group, no GPU. ``plot_timeline`` and
 ``plot_bubble_vs_m`` import matplotlib when called.
+
+The real executor (GPipe / 1F1B on p ranks with send/recv; needs torch) lives in
+``executor.py`` (what each rank runs) and ``run.py`` (checks, split, launch); its names
+(``run_pipeline``, ``run_pipelines``, ``make_mlp``, ...) are imported on first use.
 """
 from .formulas import bubble_formula, bubble_ratio
 from .partition import balance_layers
@@ -22,3 +26,14 @@ __all__ = [
     "plot_bubble_vs_m", "plot_timeline", "schedule_actions", "simulate", "simulate_actions",
     "validate", "zb_h1",
 ]
+
+_EXECUTOR = ("run_pipeline", "run_pipelines", "make_mlp", "split_model", "check_actions",
+             "check_batch", "single_device_grads", "measured_stage_costs", "events_follow",
+             "PipelineResult", "time_stage_costs", "single_process_ms")
+
+
+def __getattr__(name):  # lazy: importing torch only when the executor is used
+    if name in _EXECUTOR:
+        from . import run
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

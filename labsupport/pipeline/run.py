@@ -1,0 +1,251 @@
+"""Launch-side of the pipeline executor: check everything, split the model, launch, collect.
+
+    from labsupport.pipeline import make_mlp, run_pipeline
+    model = make_mlp(n_layers=8, width=256, seed=0)
+    res = run_pipeline(model, x, y, stages=2, microbatches=4, schedule="1f1b")
+    res.timeline.bubble_fraction(); res.grads  # same order as model.parameters()
+
+Every bad argument raises ValueError (or PipelineDeadlock) *before* any process starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import median
+
+import torch
+from torch import nn
+
+from .partition import balance_layers
+from .schedules import Action, check_sizes, normalize_schedule_name, schedule_actions
+from .simulate import validate
+from .timeline import Timeline
+
+EXECUTABLE = ("gpipe", "1f1b")
+
+
+def make_mlp(n_layers: int = 8, width: int = 256, seed: int = 0) -> nn.Sequential:
+    """A stack of ``n_layers`` blocks Linear(width, width) -> Tanh; input/output ``(N, width)``."""
+    gen = torch.Generator().manual_seed(seed)
+    layers = []
+    for _ in range(n_layers):
+        lin = nn.Linear(width, width)
+        with torch.no_grad():  # explicit generator: the same seed gives the same model anywhere
+            lin.weight.copy_(torch.randn(width, width, generator=gen) / width ** 0.5)
+            lin.bias.copy_(0.1 * torch.randn(width, generator=gen))
+        layers.append(nn.Sequential(lin, nn.Tanh()))
+    return nn.Sequential(*layers)
+
+
+def split_model(model: nn.Sequential, stages: int, costs=None):
+    """Cut an ``nn.Sequential`` into ``stages`` contiguous slices (``balance_layers``).
+
+    Returns:
+        (modules, balance): list of p ``nn.Sequential`` stage modules sharing the model's
+        parameters, and the list of layer ranges.
+    """
+    if not isinstance(model, nn.Sequential):
+        raise ValueError("the executor splits an nn.Sequential of layers; wrap your layers in one")
+    balance = balance_layers(len(model), stages, costs)
+    return [nn.Sequential(*(model[i] for i in r)) for r in balance], balance
+
+
+def check_actions(schedule, stages: int, microbatches: int):
+    """The per-stage action lists to execute, checked. Raises before any process starts.
+
+    ``schedule`` is 'gpipe', '1f1b' or a custom list of per-stage lists of F/B actions.
+    """
+    check_sizes(stages, microbatches)
+    if isinstance(schedule, (list, tuple)):
+        actions, p, m, v = validate(schedule)  # raises PipelineDeadlock on an order that hangs
+        if (p, m, v) != (stages, microbatches, 1):
+            raise ValueError(f"the custom action lists are for {p} stages, {m} micro-batches, "
+                             f"{v} chunk(s); this run has stages={stages}, "
+                             f"microbatches={microbatches} and the executor runs 1 chunk")
+        if any(a.kind == "W" for row in actions for a in row):
+            raise ValueError("the executor runs a full backward B; W (split backward) passes "
+                             "are for the simulator only")
+        return actions
+    name = normalize_schedule_name(schedule)
+    actions = schedule_actions(name, stages, microbatches)  # interleaved: m % p checked here
+    if name not in EXECUTABLE:
+        raise ValueError(f"the executor runs {' and '.join(EXECUTABLE)} (one model chunk per "
+                         f"rank, full backward); simulate {name!r} with simulate() instead")
+    return actions
+
+
+def check_batch(batch, targets, microbatches: int) -> int:
+    """micro_batch_size × num_micro_batches = batch size, or a ValueError that says so."""
+    if not isinstance(batch, torch.Tensor) or batch.dim() < 1:
+        raise ValueError("batch must be a tensor (batch_size, ...)")
+    if not isinstance(targets, torch.Tensor) or targets.shape[:1] != batch.shape[:1]:
+        raise ValueError(f"targets must be a tensor with the batch's first dim "
+                         f"{batch.shape[0]}, got {getattr(targets, 'shape', targets)}")
+    n = batch.shape[0]
+    if n % microbatches:
+        ok = [d for d in range(1, n + 1) if n % d == 0]
+        raise ValueError(
+            f"a batch of {n} samples does not split into {microbatches} equal micro-batches: "
+            f"micro_batch_size × num_micro_batches must equal the batch size. Use m in {ok}, "
+            f"or a batch of {n + microbatches - n % microbatches}")
+    return n // microbatches
+
+
+@dataclass
+class PipelineResult:
+    """One measured pipeline step: ``timeline`` (times in ms), gradients, loss, balance."""
+
+    timeline: Timeline
+    grads: list
+    loss: float
+    balance: list
+    schedule: str
+    microbatches: int
+
+
+def run_pipelines(model, stages, runs, *, costs=None, loss_fn=None, warmup_steps=1,
+                  repeats=1, timeout_s=60, backend=None):
+    """Run several (schedule, batch, targets, m) steps in ONE launch of p ranks.
+
+    Args:
+        model: ``nn.Sequential``; split with ``split_model(model, stages, costs)``.
+        runs: list of dicts with keys schedule, batch, targets, microbatches.
+        warmup_steps: untimed steps before the timed ones, per run.
+        repeats: timed steps per run; the one with the shortest makespan is kept (the CPU is
+            shared: the fastest step is the one least disturbed by other processes).
+
+    Returns:
+        list of PipelineResult, one per run.
+    """
+    from ..launcher import launch
+    from .executor import stage_rank_main
+
+    modules, balance = split_model(model, stages, costs)
+    jobs, shapes = [], []
+    for r in runs:
+        m = r["microbatches"]
+        actions = check_actions(r["schedule"], stages, m)
+        mb = check_batch(r["batch"], r["targets"], m)
+        with torch.no_grad():  # shapes crossing each stage boundary, for the receive buffers
+            x, per_stage = r["batch"][:mb], []
+            for mod in modules:
+                per_stage.append(tuple(x.shape))
+                x = mod(x)
+            per_stage.append(tuple(x.shape))  # p+1 entries: stage s receives [s], sends [s+1]
+        jobs.append({"batch": r["batch"], "targets": r["targets"], "microbatches": m,
+                     "actions": [[tuple(a[:2]) for a in row] for row in actions]})
+        shapes.append(per_stage)
+    out = launch(stage_rank_main, stages, modules, jobs, shapes, loss_fn=loss_fn,
+                 warmup_steps=warmup_steps, repeats=repeats, timeout_s=timeout_s, backend=backend)
+    results = []
+    for j, r in enumerate(runs):
+        per_rank = [rank_out[j] for rank_out in out]
+        same_host = len({o["host"] for o in per_rank}) == 1
+        name = r["schedule"] if isinstance(r["schedule"], str) else "custom"
+        timelines = []
+        for k in range(len(per_rank[0]["steps"])):
+            # one host: perf_counter_ns is one clock; several hosts: times since the barrier
+            records = []
+            for o in per_rank:
+                t0 = 0 if same_host else o["steps"][k]["t0"]
+                records += [dict(rec, start=(rec["start"] - t0) / 1e6, end=(rec["end"] - t0) / 1e6)
+                            for rec in o["steps"][k]["records"]]
+            timelines.append(Timeline.from_records(records, stages, schedule=f"measured {name}"))
+        timeline = min(timelines, key=lambda t: t.makespan)
+        results.append(PipelineResult(timeline, [g for o in per_rank for g in o["grads"]],
+                                      per_rank[-1]["loss"], balance, name, r["microbatches"]))
+    return results
+
+
+def run_pipeline(model, batch, targets, *, stages=2, microbatches=4, schedule="1f1b", **kwargs):
+    """One measured pipeline step; see ``run_pipelines`` for the keyword arguments."""
+    return run_pipelines(model, stages, [dict(schedule=schedule, batch=batch, targets=targets,
+                                              microbatches=microbatches)], **kwargs)[0]
+
+
+def single_device_grads(model, batch, targets, loss_fn=None):
+    """Reference: (loss, grads) of the whole batch on one process, ``model.parameters()`` order."""
+    loss_fn = loss_fn or nn.functional.mse_loss
+    model.zero_grad(set_to_none=True)
+    loss = loss_fn(model(batch), targets)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return float(loss.detach()), grads
+
+
+def measured_stage_costs(timeline) -> dict:
+    """Median F and B duration per stage of a measured Timeline: costs to feed ``simulate``."""
+    costs = {}
+    for kind, key in (("F", "forward"), ("B", "backward")):
+        costs[key] = [median(e.duration for e in timeline.stage_events(s) if e.kind == kind)
+                      for s in range(timeline.stages)]
+    return costs
+
+
+def events_follow(timeline, actions) -> bool:
+    """True when every stage ran exactly its action list, in that order."""
+    return all([(e.kind, e.microbatch) for e in timeline.stage_events(s)]
+               == [tuple(Action.parse(a)[:2]) for a in row] for s, row in enumerate(actions))
+
+
+def time_stage_costs(modules, micro_batch, micro_targets, *, repeats=7, loss_fn=None) -> dict:
+    """Time each stage's F and B on one micro-batch, one stage at a time, in THIS process.
+
+    Use when ranks would outnumber cores: timing p processes on fewer cores measures the
+    sharing, not the pipeline. Fastest of ``repeats`` after one warm-up, in ms (on a shared
+    CPU the fastest run is the one least disturbed by other processes).
+
+    Returns:
+        {'forward': [ms per stage], 'backward': [ms per stage]} for ``simulate(**costs)``.
+    """
+    import time
+
+    loss_fn = loss_fn or nn.functional.mse_loss
+    costs = {"forward": [], "backward": []}
+    x = micro_batch
+    for s, mod in enumerate(modules):
+        last = s == len(modules) - 1
+        fwd, bwd = [], []
+        for _ in range(repeats + 1):
+            inp = x.detach().requires_grad_(s > 0)  # stage 0 needs no input gradient
+            t0 = time.perf_counter_ns()
+            out = mod(inp)
+            t1 = time.perf_counter_ns()
+            if last:
+                loss_fn(out, micro_targets).backward()
+            else:
+                out.backward(torch.ones_like(out))
+            t2 = time.perf_counter_ns()
+            fwd.append((t1 - t0) / 1e6)
+            bwd.append((t2 - t1) / 1e6)
+        mod.zero_grad(set_to_none=True)
+        costs["forward"].append(min(fwd[1:]))
+        costs["backward"].append(min(bwd[1:]))
+        x = out.detach()
+    return costs
+
+
+def _time_whole_model(rank, world_size, model, batch, targets, threads, repeats, loss_fn):
+    import time
+
+    loss_fn = loss_fn or nn.functional.mse_loss
+    out = {}
+    for n in threads:
+        torch.set_num_threads(n)
+        times = []
+        for _ in range(repeats + 1):  # the first step warms up the allocator
+            model.zero_grad(set_to_none=True)
+            t0 = time.perf_counter_ns()
+            loss_fn(model(batch), targets).backward()
+            times.append((time.perf_counter_ns() - t0) / 1e6)
+        out[n] = min(times[1:])  # shared CPU: the least disturbed step, like run_pipelines
+    return out
+
+
+def single_process_ms(model, batch, targets, *, threads=(1, 2), repeats=5, loss_fn=None):
+    """ms per training step (forward + backward, whole batch) of the whole model in ONE fresh
+    process, for each thread count: the baseline a pipeline on the same cores must beat."""
+    from ..launcher import launch
+
+    return launch(_time_whole_model, 1, model, batch, targets, tuple(threads), repeats,
+                  loss_fn)[0]
