@@ -59,6 +59,10 @@ def jupyterlab(tmp_path):
     settings.mkdir(parents=True)
     # Render every cell (no virtual scrolling), so the whole notebook is in the page.
     (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    news = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    # No "get notified about Jupyter news?" toast over the screenshot (and no outside request).
+    (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
     port, token = _free_port(), "labs-browser-test"
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
            "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
@@ -90,6 +94,18 @@ def jupyterlab(tmp_path):
         log.close()
 
 
+def _accept_kernel_dialog(page, wait_s=8):
+    """Where several kernelspecs are installed, JupyterLab asks which kernel to start: take its
+    default (this Python's ipykernel) so "Run All" is not blocked behind the dialog."""
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        dialog = page.locator(".jp-Dialog")
+        if dialog.count() and dialog.first.is_visible():
+            dialog.locator("button.jp-mod-accept").first.click()
+            return
+        time.sleep(0.25)
+
+
 def test_solution_lab_runs_in_chromium_with_widgets(jupyterlab):
     from playwright.sync_api import sync_playwright
 
@@ -102,6 +118,7 @@ def test_solution_lab_runs_in_chromium_with_widgets(jupyterlab):
         try:
             page.goto(f"{base}/lab/tree/{LAB}?token={token}")
             page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=90_000)
+            _accept_kernel_dialog(page)
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
                                    timeout=90_000)
             page.click(".lm-MenuBar-itemLabel:text-is('Run')")
@@ -117,6 +134,19 @@ def test_solution_lab_runs_in_chromium_with_widgets(jupyterlab):
             assert sliders.first.is_visible()
             assert page.locator(".jp-OutputArea-output img").count() > 0, "no figure rendered"
             page.screenshot(path=str(ARTIFACTS / "05_widgets.png"))
+            # Move "segments k" one step: the kernel must redraw the explorer's figure.
+            figure = sliders.nth(1).locator(
+                "xpath=ancestor::div[contains(@class,'jp-OutputArea-child')]"
+                "/following-sibling::div[1]//img")
+            before = figure.get_attribute("src")   # the explorer's figure, under its sliders
+            sliders.nth(1).locator(".noUi-handle").focus()
+            page.keyboard.press("ArrowRight")
+            # The output is replaced (a new <img>): wait until the old picture is gone.
+            page.wait_for_function(
+                """old => ![...document.querySelectorAll('.jp-OutputArea-output img')]
+                          .some(i => i.getAttribute('src') === old)""",
+                arg=before, timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "05_widgets_moved.png"))
             page.keyboard.press("Control+s")
             page.wait_for_function("() => !document.querySelector('.jp-mod-dirty')",
                                    timeout=30_000)

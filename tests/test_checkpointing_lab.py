@@ -162,7 +162,7 @@ def test_time_modes_reports_every_model_and_the_forward():
     assert set(t) == {"none", "every", "forward"} and all(v > 0 for v in t.values())
 
 
-def test_plot_and_explorer_build_headless():
+def test_plot_and_explorer_build_headless(monkeypatch):
     import matplotlib
     matplotlib.use("Agg")
     from labsupport.checkpointing.plot import explorer, plot_segment_sweep
@@ -170,5 +170,23 @@ def test_plot_and_explorer_build_headless():
     rows = [{"segments": k, "after_forward": k * X, "backward_peak": k * X + 8 // k * 10 * X}
             for k in (1, 2, 4, 8)]
     plot_segment_sweep(rows, 8, X, 10 * X)
-    box = explorer({(8, 10): [dict(r, x_bytes=X) for r in rows]})
-    assert len(box.children) == 3
+    import IPython.display
+
+    shown, figures = [], []
+
+    class Handle:  # records what the explorer shows and re-shows
+        def display(self, obj):
+            figures.append(obj)
+
+        def update(self, obj):
+            figures.append(obj)
+
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    monkeypatch.setattr(IPython.display, "DisplayHandle", Handle)
+    assert explorer({(8, 10): [dict(r, x_bytes=X) for r in rows]}) is None
+    (box,) = shown
+    sliders = [c for row in box.children for c in row.children]
+    assert len(sliders) == 4 and len(figures) == 1
+    sliders[1].value = 2                       # move "segments k": the figure is redrawn
+    assert len(figures) == 2 and "k=2" in [t.get_text() for t in
+                                          figures[-1].axes[1].get_xticklabels()]

@@ -42,7 +42,11 @@ def explorer(measured=None):
     """Sliders (layers, segments, a/x, backward/forward time) -> the memory/time trade-off,
     from :func:`segment_memory` (fast, no model runs). ``measured``: optional
     ``{(layers, a/x rounded): rows}`` drawn as points when the sliders match.
-    Returns the widget box (display it as the last expression of a cell)."""
+    Displays the sliders and the figure; returns None.
+
+    The figure is an ordinary display output replaced in place when a slider moves, not an
+    ``interactive_output`` (Output widget): headless runs of that pattern stalled for the whole
+    cell timeout in 2 of 5 tries here (see labsupport/pipeline/widgets.py)."""
     import ipywidgets as w
     import matplotlib.pyplot as plt
 
@@ -82,7 +86,17 @@ def explorer(measured=None):
         ax2.set_title(f"step time ×{(plain + 1) / plain:.2f} (one extra forward)")
         ax2.set_ylabel("time, units of one forward")
         plt.tight_layout()
-        plt.show()
+        plt.close(fig)  # shown through the display handle only
+        return fig
 
-    out = w.interactive_output(draw, {"L": layers, "k": segs, "r": ratio, "b": bwd})
-    return w.VBox([w.HBox([layers, segs]), w.HBox([ratio, bwd]), out])
+    from IPython.display import DisplayHandle, display
+
+    display(w.VBox([w.HBox([layers, segs]), w.HBox([ratio, bwd])]))
+    handle = DisplayHandle()
+    handle.display(draw(layers.value, segs.value, ratio.value, bwd.value))
+
+    def redraw(_change):
+        handle.update(draw(layers.value, segs.value, ratio.value, bwd.value))
+
+    for control in (layers, segs, ratio, bwd):
+        control.observe(redraw, names="value")
