@@ -7,6 +7,7 @@ the collective timeout. stdout/stderr are already files (the parent opened them)
 from __future__ import annotations
 
 import datetime
+import faulthandler
 import os
 import signal
 import sys
@@ -19,7 +20,7 @@ def _die_with_parent(parent_pid):
     try:
         import ctypes
 
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the C library already loaded (glibc or musl)
         PR_SET_PDEATHSIG = 1
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
@@ -49,14 +50,16 @@ def _write_result(path, outcome):
 
 def report_progress(store, iterable, desc, total):
     """Rank 0 publishes (desc, total, n) to the parent's store; other ranks just iterate."""
-    if total is None:
+    if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)
     if int(os.environ.get("RANK", "0")) != 0:
         yield from iterable
         return
-    store.set("labsupport/progress/desc", desc or "")
     store.set("labsupport/progress/n", "0")
-    store.set("labsupport/progress/total", str(total))
+    store.set("labsupport/progress/desc", desc or "")
+    # "total" last: the parent starts a bar only once it exists, so it never pairs a new
+    # description with an old total.
+    store.set("labsupport/progress/total", "" if total is None else str(total))
     for i, item in enumerate(iterable, 1):
         yield item
         store.set("labsupport/progress/n", str(i))
@@ -78,8 +81,12 @@ def main():
     import torch
     import torch.distributed as dist
 
+    from labsupport.devices import process_group_backend
+
     if backend == "gloo":
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    faulthandler.enable()  # a segfault or abort still leaves a Python stack in the rank's log
+    store = None
     try:
         with open(os.environ["LABSUPPORT_PAYLOAD"], "rb") as f:
             fn, args, kwargs = pickle.load(f)  # cloudpickle's output is plain pickle data
@@ -91,7 +98,8 @@ def main():
         launcher._CHILD_STORE = store
         if backend == "nccl":
             torch.cuda.set_device(rank)
-        dist.init_process_group(backend, store=dist.PrefixStore("pg", store), rank=rank,
+        dist.init_process_group(process_group_backend(backend),
+                                store=dist.PrefixStore("pg", store), rank=rank,
                                 world_size=world, timeout=timeout)
         value = fn(rank, world, *args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
@@ -100,8 +108,13 @@ def main():
         # Drop this file's own frame: the student's code is what the traceback should show.
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next))
         _write_result(result_path, ("error", type(exc).__name__, str(exc).split("\n")[0][:500],
-                                    tb))
-        os._exit(1)  # don't run process-group teardown against peers that may be gone
+                                    tb, time.time()))
+        if store is None:
+            os._exit(1)
+        # Keep our connections open until the parent stops us: exiting now would hand the
+        # peers a "connection closed" error that could be mistaken for the cause.
+        store.wait(["labsupport/release"], datetime.timedelta(days=1))
+        os._exit(1)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
@@ -109,7 +122,7 @@ def main():
     except Exception:  # noqa: BLE001 - e.g. a return value that cannot be pickled
         _write_result(result_path, ("error", "ResultError",
                                     f"rank {rank}'s return value could not be sent back",
-                                    traceback.format_exc()))
+                                    traceback.format_exc(), time.time()))
         os._exit(1)
     # Stay in the group until every rank is done, so a peer still inside a collective we
     # skipped times out cleanly instead of seeing our socket close.

@@ -19,7 +19,7 @@ def passed(name, detail=""):
     print(f"✔ {name}: correct{(' — ' + detail) if detail else ''}")
 
 
-def not_implemented(name, error=None):
+def not_implemented(name):
     return NotImplementedError(
         f"{name} is not implemented yet: replace `raise NotImplementedError()` in its exercise "
         "cell with your code, run that cell, then run this check again.")
@@ -79,6 +79,10 @@ def explain_mismatch(actual, expected, *, what="output", rtol=1e-5, atol=1e-6,
                 return (f"{what} is {world_size}× too small (divided by world size "
                         f"{world_size}): the ranks' contributions should be summed, not averaged")
             return f"{what} is the right values scaled by {s:.4g}"
+    if not torch.isfinite(actual).all():
+        n = int((~torch.isfinite(actual)).sum())
+        return (f"{what} holds {n} NaN/inf value(s) of {actual.numel()}: part of it was never "
+                "written (a torch.empty buffer that no receive or copy filled) or overflowed")
     diff = (actual.double() - expected.double()).abs()
     bad = diff > atol + rtol * expected.double().abs()
     idx = tuple(int(i) for i in torch.nonzero(bad)[0])
@@ -127,7 +131,7 @@ def check_function(student_fn, reference_fn, make_inputs, *, name=None, trials=3
         try:
             got = student_fn(*inputs)
         except NotImplementedError as exc:
-            raise not_implemented(name, exc) from None
+            raise not_implemented(name) from None
         want = reference_fn(*inputs)
         shapes = ", ".join(str(tuple(x.shape)) for x in inputs if isinstance(x, torch.Tensor))
         problem = explain_mismatch(got, want, what=f"{name}'s result", rtol=rtol, atol=atol,
@@ -175,16 +179,26 @@ def _ring_check_rank(rank, world_size, student_fn, shape, dtype, seed):
     """Runs on every rank: the student's all-gather vs torch's, on this rank's fresh tensor."""
     import torch.distributed as dist
 
+    from .devices import rank_device
+
     gen = torch.Generator().manual_seed(seed * 1000 + rank)
     if dtype.is_floating_point:
         mine = torch.randn(shape, generator=gen, dtype=dtype)
     else:
         mine = torch.randint(-1000, 1000, shape, generator=gen, dtype=dtype)
+    mine = mine.to(rank_device())  # its GPU under NCCL: the exercise's send/recv then run on NCCL
     original = mine.clone()
     expected = [torch.empty_like(mine) for _ in range(world_size)]
     dist.all_gather(expected, mine)
-    forbidden = ("all_gather", "all_gather_into_tensor", "all_gather_object", "all_reduce",
-                 "broadcast", "reduce_scatter", "gather")
+    # Every collective that could stand in for the ring (only names this torch has); the
+    # point-to-point calls (send, recv, isend, irecv, batch_isend_irecv) stay allowed.
+    forbidden = tuple(n for n in (
+        "all_gather", "all_gather_into_tensor", "all_gather_single", "all_gather_coalesced",
+        "_all_gather_base", "all_gather_object", "all_reduce", "all_reduce_coalesced",
+        "broadcast", "broadcast_object_list", "reduce", "reduce_scatter",
+        "reduce_scatter_tensor", "reduce_scatter_single", "_reduce_scatter_base", "gather",
+        "gather_object", "scatter", "scatter_object_list", "all_to_all", "all_to_all_single")
+        if hasattr(dist, n))
     saved = {n: getattr(dist, n) for n in forbidden}
 
     def refuse(op):
@@ -206,6 +220,12 @@ def _ring_check_rank(rank, world_size, student_fn, shape, dtype, seed):
             setattr(dist, op, fn)
     if not torch.equal(mine, original):
         return ("mutated", "your function changed its input tensor in place")
+
+    def on_cpu(x):  # compare on one device, whichever device the student's tensors ended on
+        return x.cpu() if isinstance(x, torch.Tensor) else x
+
+    got = [on_cpu(g) for g in got] if isinstance(got, (list, tuple)) else on_cpu(got)
+    expected = [on_cpu(e) for e in expected]
     return ("ok", check_gather_list(got, expected, name="ring_all_gather", rank=rank))
 
 
@@ -224,7 +244,7 @@ def launch_check(name, rank_fn, world_size, *args, timeout_s=20, hang_hint="", *
     except LaunchError as exc:
         if "NotImplementedError" in exc.traceback:
             raise not_implemented(name) from None
-        if "timed out" in str(exc).lower() or "timeout" in exc.traceback.lower():
+        if exc.timed_out:
             raise AssertionError(
                 f"{name} hung with {world_size} ranks: a rank waited more than {timeout_s} s in "
                 f"a collective or send/recv that no peer matched. {hang_hint}".strip()) from None

@@ -76,6 +76,11 @@ def _replace_regions(source, where):
     for lineno, line in enumerate(source.splitlines(), 1):
         m = _MARKER_LINE.match(line)
         marker = m.group("marker") if m else None
+        if marker is None and any(k in line for k in (BEGIN_SOLUTION, END_SOLUTION,
+                                                        BEGIN_HIDDEN, END_HIDDEN)):
+            # Anything after a marker would make it an ordinary line and leak the region.
+            raise BuildError(f"{where}, line {lineno}: a marker must stand alone on its line: "
+                             f"{line.strip()!r}")
         if marker in (BEGIN_SOLUTION, BEGIN_HIDDEN):
             if mode:
                 raise BuildError(f"{where}, line {lineno}: {marker} inside an open region")
@@ -154,12 +159,12 @@ def build(root=None, check_only=False):
     for path in lab_paths(root):
         text = render(build_student(nbformat.read(path, as_version=4), name=path.name))
         target = out_dir / path.name
-        if target.exists() and target.read_text() == text:
+        if target.exists() and target.read_text(encoding="utf-8") == text:
             unchanged.append(target)
             continue
         written.append(target)
         if not check_only:
-            target.write_text(text)
+            target.write_text(text, encoding="utf-8")
     return BuildResult(written, unchanged)
 
 
@@ -172,18 +177,35 @@ class CellFailure:
 
 
 def execute(path, timeout_s=600, cwd=None):
-    """Run a notebook in a fresh kernel of this Python; returns (executed nb, failures)."""
+    """Run a notebook in a fresh kernel of this Python; returns (executed nb, failures).
+
+    A cell that runs past ``timeout_s`` is interrupted and recorded as a ``CellTimeoutError``
+    failure; a kernel that dies is recorded as a ``DeadKernelError`` failure at the first cell
+    that did not run. Either way the caller gets a verdict, not an exception.
+    """
     from nbclient import NotebookClient
+    from nbclient.exceptions import DeadKernelError
 
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3", allow_errors=True,
-                            resources={"metadata": {"path": str(cwd or Path(path).parent)}})
-    client.execute()
+    client = NotebookClient(
+        nb, timeout=timeout_s, kernel_name="python3", allow_errors=True,
+        interrupt_on_timeout=True,
+        error_on_timeout={"ename": "CellTimeoutError",
+                          "evalue": f"the cell ran longer than {timeout_s} s", "traceback": []},
+        resources={"metadata": {"path": str(cwd or Path(path).parent)}})
     failures = []
+    try:
+        client.execute()
+    except DeadKernelError as exc:
+        index = next((i for i, c in enumerate(nb.cells)
+                      if c.cell_type == "code" and c.get("execution_count") is None), -1)
+        failures.append(CellFailure(index, "DeadKernelError", str(exc), False))
     for index, cell in enumerate(nb.cells):
         for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
             if out.get("output_type") == "error":
                 expected = RAISES_TAG in cell.metadata.get("tags", [])
-                failures.append(CellFailure(index, out.get("ename", ""), out.get("evalue", ""),
-                                            expected))
+                ename, evalue = out.get("ename", ""), out.get("evalue", "")
+                if ename == "KeyboardInterrupt":  # headless, only our timeout interrupts a cell
+                    ename, evalue = "CellTimeoutError", f"the cell ran longer than {timeout_s} s"
+                failures.append(CellFailure(index, ename, evalue, expected))
     return nb, failures

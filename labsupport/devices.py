@@ -35,6 +35,33 @@ def resolve_backend(world_size, backend=None):
     return backend
 
 
+def process_group_backend(backend):
+    """The backend string to initialise a process group with.
+
+    NCCL only handles CUDA tensors; the labs also run small CPU collectives (pictures, checks),
+    so NCCL groups get gloo for CPU tensors beside NCCL for CUDA tensors.
+    """
+    return "cpu:gloo,cuda:nccl" if backend == "nccl" else backend
+
+
+def rank_device():
+    """Where this rank's tensors belong: its GPU when the group runs NCCL, else the CPU."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized() and "nccl" in str(dist.get_backend()):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def synchronize(device):
+    """Wait for queued GPU work (a no-op on the CPU): call before reading a timer."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def cpu_count():
     """CPU cores this process may use (respects affinity masks and containers where possible)."""
     try:

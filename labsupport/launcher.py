@@ -36,7 +36,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from .devices import resolve_backend
+from .devices import cpu_count, process_group_backend, resolve_backend
 
 __all__ = ["launch", "LaunchError", "progress"]
 
@@ -53,14 +53,17 @@ class LaunchError(RuntimeError):
         traceback: that rank's original traceback, as text ("" when it died without one).
         unfinished: ranks that had not returned when the launch was stopped.
         outputs: every rank's captured output, in rank order.
+        timed_out: the failure was a collective or send/recv waiting past ``timeout_s``.
     """
 
-    def __init__(self, message, rank=None, traceback="", unfinished=(), outputs=()):
+    def __init__(self, message, rank=None, traceback="", unfinished=(), outputs=(),
+                 timed_out=False):
         super().__init__(message)
         self.rank = rank
         self.traceback = traceback
         self.unfinished = list(unfinished)
         self.outputs = list(outputs)
+        self.timed_out = timed_out
 
 
 def launch(fn, world_size, *args, timeout_s=60, backend=None, **kwargs):
@@ -94,8 +97,11 @@ def launch(fn, world_size, *args, timeout_s=60, backend=None, **kwargs):
 
 
 def _inside_external_launcher():
-    return ("RANK" in os.environ and "WORLD_SIZE" in os.environ
-            and "LABSUPPORT_CHILD" not in os.environ)
+    # torchrun and the deepspeed launcher set LOCAL_RANK too; RANK/WORLD_SIZE alone can be
+    # left over from some other tool's environment.
+    env = os.environ
+    return ("RANK" in env and "WORLD_SIZE" in env and "LOCAL_RANK" in env
+            and "LABSUPPORT_CHILD" not in env)
 
 
 def _run_in_place(fn, args, kwargs, timeout_s, backend):
@@ -105,12 +111,12 @@ def _run_in_place(fn, args, kwargs, timeout_s, backend):
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if not dist.is_initialized():
-        if backend is None:
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-            backend = "nccl" if torch.cuda.device_count() >= local > 0 else "gloo"
+        # One GPU per rank *on this node*: compare the GPUs here with the ranks here.
+        backend = resolve_backend(int(os.environ.get("LOCAL_WORLD_SIZE", world)), backend)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(process_group_backend(backend),
+                                timeout=datetime.timedelta(seconds=timeout_s))
     return fn(rank, world, *args, **kwargs)
 
 
@@ -132,6 +138,7 @@ class _Launch:
         self.timeout_s, self.backend = timeout_s, backend
         self.ranks: list[_Rank] = []
         self.progress_bar = None
+        self.store = None
 
     def run(self):
         import torch.distributed as dist
@@ -165,6 +172,8 @@ class _Launch:
             self._stop_all()
             if self.progress_bar is not None:
                 self.progress_bar.close()
+            # A traceback kept by Jupyter holds this object: don't let it hold the port too.
+            self.store = None
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _start(self, rank, payload):
@@ -180,7 +189,7 @@ class _Launch:
             "LABSUPPORT_PARENT_PID": str(os.getpid()),
             "PYTHONUNBUFFERED": "1",
         })
-        threads = max(1, (os.cpu_count() or 1) // self.world_size)
+        threads = max(1, cpu_count() // self.world_size)
         env.setdefault("OMP_NUM_THREADS", str(threads))
         # A function pickled by reference (from a script or test module) must be importable in
         # the child: give it the parent's import path, labsupport's own folder first.
@@ -196,18 +205,21 @@ class _Launch:
     def _wait(self):
         while True:
             self._update_progress()
+            # A rank that died without a result comes first: its peers' "connection closed"
+            # errors are consequences, not causes.
+            for r in self.ranks:
+                code = r.proc.poll()
+                if code is not None and not r.returned and not os.path.exists(r.result_path):
+                    self._fail(r, exit_code=code)
+            errors = []
             for r in self.ranks:
                 if not r.returned and os.path.exists(r.result_path):
                     r.returned = True
-                    r.outcome = _load_result(r.result_path)
+                    r.outcome = self._load(r)
                     if r.outcome[0] == "error":
-                        self._fail(r)
-            for r in self.ranks:
-                code = r.proc.poll()
-                if code is not None and not r.returned:
-                    if os.path.exists(r.result_path):
-                        break  # the result landed between the two checks: read it next round
-                    self._fail(r, exit_code=code)
+                        errors.append(r)
+            if errors:
+                self._fail(min(errors, key=_blame_order))
             if all(r.returned for r in self.ranks):
                 self.store.set("labsupport/release", "1")
                 self._reap()
@@ -215,18 +227,30 @@ class _Launch:
                 return
             time.sleep(_POLL_S)
 
+    def _load(self, r):
+        try:
+            return _load_result(r.result_path)
+        except Exception as exc:  # noqa: BLE001 - e.g. a class the notebook cannot import
+            return ("error", type(exc).__name__,
+                    f"rank {r.rank}'s return value could not be loaded in the notebook: {exc}",
+                    "", time.time())
+
     def _fail(self, failed, exit_code=None):
         unfinished = [r.rank for r in self.ranks if not r.returned or r is failed]
         self._stop_all()
         outputs = self._print_outputs()
         if exit_code is None:
-            _, exc_type, exc_msg, tb = failed.outcome
+            _, exc_type, exc_msg, tb = failed.outcome[:4]
             head = f"rank {failed.rank} raised {exc_type}: {exc_msg}"
+            timed_out = _is_timeout(exc_msg)
         else:
-            tb = ""
+            # No Python traceback (a crash, a signal, NCCL's watchdog): its last output lines
+            # are the best evidence there is.
+            tb = "\n".join(outputs[failed.rank].splitlines()[-30:])
             head = f"rank {failed.rank} died with {_describe_exit(exit_code)} before returning"
+            timed_out = _is_timeout(tb)
         lines = [head]
-        if _looks_like_timeout(tb):
+        if timed_out:
             lines.append(
                 f"It waited longer than timeout_s={self.timeout_s:g} s inside a collective or "
                 "send/recv: some rank never joined that call (it skipped it, called a different "
@@ -240,7 +264,7 @@ class _Launch:
         if tb:
             lines.append(f"\n--- original traceback from rank {failed.rank} ---\n{tb}")
         raise LaunchError("\n".join(lines), rank=failed.rank, traceback=tb,
-                          unfinished=unfinished, outputs=outputs)
+                          unfinished=unfinished, outputs=outputs, timed_out=timed_out)
 
     def _reap(self):
         deadline = time.monotonic() + _GRACE_S + self.timeout_s
@@ -283,7 +307,8 @@ class _Launch:
         store = self.store
         if not store.check(["labsupport/progress/total"]):
             return
-        total = int(store.get("labsupport/progress/total"))
+        total = store.get("labsupport/progress/total").decode()
+        total = int(total) if total else None
         done = int(store.get("labsupport/progress/n")) if store.check(
             ["labsupport/progress/n"]) else 0
         desc = store.get("labsupport/progress/desc").decode()
@@ -318,9 +343,20 @@ def _load_result(path):
         return torch.load(f, map_location="cpu", weights_only=False)
 
 
-def _looks_like_timeout(tb):
-    text = tb.lower()
-    return "timed out" in text or "timeout" in text
+_PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken pipe")
+
+
+def _is_timeout(text):
+    """Does this error text report a collective/send/recv that waited past the group timeout?"""
+    text = text.lower()
+    return "timed out" in text or "watchdog caught collective operation timeout" in text
+
+
+def _blame_order(r):
+    """Among ranks that failed in the same instant, blame the one whose error is not merely
+    "a peer went away", then the earliest."""
+    message = r.outcome[2].lower()
+    return (any(p in message for p in _PEER_GONE), r.outcome[4] if len(r.outcome) > 4 else 0)
 
 
 def _describe_exit(code):

@@ -46,6 +46,17 @@ def test_run_reports_a_failing_cell(tmp_path):
     assert "cell 2: FAILED: ZeroDivisionError" in run.stdout
 
 
+def test_run_reports_a_cell_that_runs_too_long(tmp_path):
+    _tiny_course(tmp_path, failing=False)
+    nb = nbformat.read(tmp_path / "solutions" / "99_tiny.ipynb", as_version=4)
+    nb.cells.insert(1, new_code_cell("import time\nwhile True: time.sleep(0.1)"))
+    nbformat.write(nb, tmp_path / "solutions" / "99_tiny.ipynb")
+    run = labs("run", "99", "--timeout", "3", cwd=tmp_path)
+    assert run.returncode == 1
+    assert "cell 1: FAILED: CellTimeoutError" in run.stdout
+    assert "cell 2" not in run.stdout   # the kernel was interrupted, not killed: the rest ran
+
+
 def test_run_unknown_lab_says_which_labs_exist(tmp_path):
     _tiny_course(tmp_path, failing=False)
     run = labs("run", "42", cwd=tmp_path)

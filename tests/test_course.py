@@ -59,6 +59,7 @@ def test_build_replaces_markdown_answers():
     ("### BEGIN SOLUTION\nx = 1", "never closed"),
     ("x = 1\n### END SOLUTION", "without ### BEGIN SOLUTION"),
     ("### BEGIN SOLUTION\n### BEGIN HIDDEN TESTS\n", "inside an open region"),
+    ("### BEGIN SOLUTION (hint)\nx = 1\n### END SOLUTION (hint)", "must stand alone"),
 ])
 def test_build_rejects_broken_markers(source, message):
     with pytest.raises(course.BuildError, match=message):
