@@ -47,6 +47,15 @@ def test_mlp_prediction_matches_measurement(ckpt):
     assert measure(model, x).saved_bytes == ck.predict_mlp_saved_bytes(T, D, 64, ckpt)
 
 
+def test_checkpointing_the_middle_leaves_the_mlp_peak_unchanged():
+    """Lab 05 §1 says (and asserts on CPU): the peak is reached in backward and does not move."""
+    x = torch.randn(T, D)
+    plain = measure(ck.SeedMLP(D, 64), x)
+    ckpt = measure(ck.CheckpointedMLP(ck.SeedMLP(D, 64)), x)
+    assert ckpt.saved_bytes < plain.saved_bytes
+    assert ckpt.peak_bytes == plain.peak_bytes == plain.phase_peaks["backward"]
+
+
 def test_checkpointed_mlp_has_plain_gradients():
     x = torch.randn(T, D)
     ref, m = ck.SeedMLP(D, 64), ck.SeedMLP(D, 64)

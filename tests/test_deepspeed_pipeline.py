@@ -38,6 +38,7 @@ def test_engine_trains_and_matches_single_process_adamw(trained):
         assert abs(a - b) <= RTOL * abs(b) + 1e-7, f"step {k}: engine {a} vs reference {b}"
     assert [r["optimizer"] for r in results] == [("AdamW", 0.01)] * 2
     assert [r["local_layers"] for r in results] == [["Linear", "ReLU"], ["Linear"]]
+    assert [r["backend"] for r in results] == ["gloo", "gloo"]
 
 
 def test_reference_with_plain_adam_would_not_match(trained):
@@ -157,19 +158,133 @@ def test_deepspeed_schedule_is_1f1b():
     assert abs(t.bubble_fraction() - 3 / 11) < 1e-12
 
 
-def test_partition_exercise_check_accepts_and_rejects():
-    from deepspeed.runtime.utils import partition_uniform
+def _padding_min_max(counts, stages):
+    """A min-max split that pads with empty stages at the end (the old, wrong reference)."""
+    n = len(counts)
+    for limit in sorted({sum(counts[a:b]) for a in range(n) for b in range(a + 1, n + 1)}):
+        if limit < max(counts):
+            continue
+        parts, size = [0], 0
+        for i, c in enumerate(counts):
+            if size + c > limit and i > parts[-1]:
+                parts.append(i)
+                size = 0
+            size += c
+        parts.append(n)
+        if len(parts) - 1 <= stages:
+            return parts + [n] * (stages + 1 - len(parts))
 
-    from labsupport.deepspeed_pipe._checks import check_partition_by_parameters
+
+def _brute_force_min_max(counts, stages):
+    import itertools
+
+    n = len(counts)
+    return min(max(sum(counts[a:b]) for a, b in zip((0, *cut), (*cut, n)))
+               for cut in itertools.combinations(range(1, n), stages - 1))
+
+
+def test_min_max_parts_is_exact_and_never_leaves_a_stage_empty():
+    import random
+
+    rng = random.Random(1)
+    for _ in range(200):
+        n = rng.randint(1, 8)
+        counts = [rng.choice([0, rng.randint(1, 60)]) for _ in range(n)]
+        stages = rng.randint(1, n)
+        best, parts = dsp.min_max_parts(counts, stages)
+        assert best == _brute_force_min_max(counts, stages) == dsp.parts_max_params(parts, counts)
+        assert len(parts) == stages + 1 and parts[0] == 0 and parts[-1] == n
+        assert all(a < b for a, b in zip(parts, parts[1:])), (counts, stages, parts)
+    # The reviewer's list: DeepSpeed minimises the spread and gets a larger largest stage.
+    from deepspeed.runtime.utils import partition_balanced
+
+    counts = [25, 26, 18, 0, 6, 47, 11]
+    assert dsp.min_max_parts(counts, 4)[0] == 50
+    assert dsp.parts_max_params([int(p) for p in partition_balanced(counts, 4)], counts) == 58
+    assert dsp.min_max_parts([1000, 1, 1], 3) == (1000, [0, 1, 2, 3])
+    assert dsp.min_max_parts([5, 0, 0, 0], 2)[1][1] in (1, 2, 3)
+
+
+def test_partition_exercise_check_accepts_and_rejects():
+    from deepspeed.runtime.utils import partition_balanced, partition_uniform
+
+    from labsupport.deepspeed_pipe._checks import check_partition_by_parameters, explain_parts
     from labsupport.pipeline import balance_layers
 
     check_partition_by_parameters(lambda c, s: [0] + [r.stop for r in balance_layers(len(c), s, c)])
+    check_partition_by_parameters(lambda c, s: dsp.min_max_parts(c, s)[1])
     with pytest.raises(AssertionError, match="largest holds"):
         check_partition_by_parameters(lambda c, s: partition_uniform(len(c), s))
+    # DeepSpeed's own answer is not always the smallest largest stage.
+    with pytest.raises(AssertionError, match=r"largest holds 58, but a split exists whose "
+                                             r"largest stage holds only 50"):
+        check_partition_by_parameters(lambda c, s: [int(p) for p in partition_balanced(c, s)])
+    # Padding with empty stages is the lab's own pitfall (section 4a).
+    with pytest.raises(AssertionError, match=r"\[0, 1, 3, 3\] leave stage\(s\) \[2\] with no layers"):
+        check_partition_by_parameters(_padding_min_max)
     with pytest.raises(AssertionError, match="boundaries"):
         check_partition_by_parameters(lambda c, s: [0, len(c)])
     with pytest.raises(NotImplementedError, match="not implemented"):
         check_partition_by_parameters(lambda c, s: (_ for _ in ()).throw(NotImplementedError()))
+    assert explain_parts([0, 1, 1, 2], [3, 4], 3) is None  # fewer layers than stages: unavoidable
+    assert "go backwards" in explain_parts([0, 2, 1, 3], [1, 1, 1], 3)
+
+
+def test_lab_reference_solution_passes_the_check():
+    """The exercise's reference answer in the lab source (it once padded with empty stages)."""
+    import ast
+    import pathlib
+
+    from labsupport.deepspeed_pipe._checks import check_partition_by_parameters
+
+    src = pathlib.Path(REPO, "solutions", "04_deepspeed_pipeline.ipynb").read_text()
+    import json
+
+    cells = ["".join(c["source"]) for c in json.loads(src)["cells"] if c["cell_type"] == "code"]
+    (code,) = [c for c in cells if "def partition_by_parameters" in c]
+    namespace = {}
+    exec(compile(ast.parse(code), "partition_by_parameters", "exec"), namespace)
+    check_partition_by_parameters(namespace["partition_by_parameters"])
+
+
+def test_boundary_shapes_show_the_wider_send():
+    import torch
+    import torch.nn as nn
+    from deepspeed.pipe import LayerSpec
+
+    layers = [LayerSpec(nn.Linear, 256, 1024), LayerSpec(nn.ReLU), LayerSpec(nn.Linear, 1024, 256),
+              LayerSpec(nn.Linear, 256, 256), LayerSpec(nn.ReLU), LayerSpec(nn.Linear, 256, 256)]
+    x = torch.randn(8, 256)
+    assert dsp.boundary_shapes(layers, [0, 2, 6], x) == [(8, 1024)]
+    assert dsp.boundary_shapes(layers, [0, 3, 6], x) == [(8, 256)]
+    assert dsp.boundary_shapes(layers, [0, 1, 3, 6], x) == [(8, 1024), (8, 256)]
+
+
+def test_gloo_ranks_get_the_cpu_accelerator_even_with_a_gpu(monkeypatch):
+    """1 GPU, 2 gloo ranks: DeepSpeed must not pick CUDA (rank 1 would set_device(1))."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("LABSUPPORT_BACKEND", raising=False)
+    assert not _ds.wants_cpu_accelerator()      # a GPU notebook process: CUDA is right
+    monkeypatch.setenv("LABSUPPORT_BACKEND", "nccl")
+    assert not _ds.wants_cpu_accelerator()
+    monkeypatch.setenv("LABSUPPORT_BACKEND", "gloo")
+    assert _ds.wants_cpu_accelerator()
+    monkeypatch.setenv("DS_ACCELERATOR", "cuda")
+    _ds.import_deepspeed()
+    assert os.environ["DS_ACCELERATOR"] == "cpu"
+    from deepspeed.accelerator import get_accelerator
+    assert get_accelerator()._name == "cpu"
+    # An initialised group decides when no launch variable is set (torchrun on CPU).
+    import torch.distributed as dist
+
+    monkeypatch.delenv("LABSUPPORT_BACKEND")
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "cpu:gloo,cuda:nccl")
+    assert not _ds.wants_cpu_accelerator() and _ds.comm_backend() == "nccl"
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
+    assert _ds.wants_cpu_accelerator() and _ds.comm_backend() == "gloo"
 
 
 def test_torchrun_two_processes():

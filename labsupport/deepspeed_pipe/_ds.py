@@ -1,8 +1,10 @@
 """Import DeepSpeed for a CPU or GPU rank, and start its comm layer without the shm op.
 
 Two facts measured on DeepSpeed 0.19 (see COURSE_DESIGN.md §4):
-- ``import deepspeed`` picks an accelerator; on a machine without CUDA it warns on stdout unless
-  ``DS_ACCELERATOR=cpu`` is set *before* the import.
+- ``import deepspeed`` picks an accelerator: CUDA whenever a GPU is visible. A rank of a *gloo*
+  launch must not get it -- on a 1-GPU machine running 2 gloo ranks, rank 1 would try
+  ``set_device(1)`` and fail -- so the labs force ``DS_ACCELERATOR=cpu`` before the import
+  whenever the ranks talk over gloo (or no GPU is visible, where DeepSpeed would also warn).
 - The first ``deepspeed.init_distributed`` on the CPU accelerator builds a shared-memory comm op
   (``deepspeed.comm.torch.build_shm_op``: ~30 s of g++/ninja, needs a compiler). Only
   ``inference_all_reduce`` uses it; pipeline training never does, so the labs skip the build with
@@ -17,19 +19,59 @@ TESTED_DEEPSPEED = "0.19"
 _SHM_MODULE, _SHM_FUNCTION = "deepspeed.comm.torch", "build_shm_op"
 
 
-def import_deepspeed():
-    """``import deepspeed`` with ``DS_ACCELERATOR=cpu`` when this process has no GPU."""
+def wants_cpu_accelerator():
+    """True when DeepSpeed must run on its CPU accelerator in this process.
+
+    That is: no GPU is visible, or this is a rank of a gloo launch (``LABSUPPORT_BACKEND`` set
+    by ``labsupport.launch``), or the process group is already up without NCCL (torchrun on CPU).
+    ``dist.get_backend()`` of an NCCL group reads "cpu:gloo,cuda:nccl", so look for "nccl" in it.
+    """
     import torch
 
     if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        return True
+    if os.environ.get("LABSUPPORT_BACKEND") == "gloo":
+        return True
+    import torch.distributed as dist
+
+    return (dist.is_available() and dist.is_initialized()
+            and "nccl" not in str(dist.get_backend()))
+
+
+def comm_backend():
+    """'nccl' or 'gloo': what this rank's process group runs (for DeepSpeed and the checks)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return "nccl" if "nccl" in str(dist.get_backend()) else "gloo"
+    return os.environ.get("LABSUPPORT_BACKEND") or "gloo"
+
+
+def import_deepspeed():
+    """``import deepspeed``, on its CPU accelerator when :func:`wants_cpu_accelerator`."""
+    cpu = wants_cpu_accelerator()
+    if cpu:
+        os.environ["DS_ACCELERATOR"] = "cpu"
     try:
         import deepspeed
     except ImportError as exc:
         raise ImportError(
             "this part of the lab needs DeepSpeed: pip install 'deepspeed==0.19.*' "
             f"(tested with {TESTED_DEEPSPEED}.x)") from exc
+    if cpu:
+        _force_cpu_accelerator()
     return deepspeed
+
+
+def _force_cpu_accelerator():
+    """DeepSpeed may already have picked CUDA in this process (e.g. unpickling LayerSpecs imports
+    it before the rank's code runs): switch its accelerator object to the CPU one."""
+    from deepspeed.accelerator import get_accelerator, set_accelerator
+
+    if getattr(get_accelerator(), "_name", None) != "cpu":
+        from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+
+        set_accelerator(CPU_Accelerator())
 
 
 @contextlib.contextmanager
@@ -66,13 +108,12 @@ def init_deepspeed_comm(backend=None):
 
     DeepSpeed keeps its own comm object (``deepspeed.comm.cdb``); ``initialize`` and the pipeline
     engine use it, so it must exist even though ``torch.distributed`` is up. ``backend`` defaults
-    to the backend of the existing group (gloo on CPU, nccl on GPUs).
+    to the backend of the existing group: 'gloo' on CPU, 'nccl' on GPUs (whose group string
+    reads "cpu:gloo,cuda:nccl").
     """
-    import torch.distributed as dist
-
     deepspeed = import_deepspeed()
-    if backend is None and dist.is_initialized():
-        backend = dist.get_backend()
+    if backend is None:
+        backend = comm_backend()
     with skip_shm_comm_op():
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
     return deepspeed

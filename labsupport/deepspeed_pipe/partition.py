@@ -107,3 +107,69 @@ def check_every_stage_has_parameters(layers, num_stages, method="parameters"):
 def parts_max_params(parts, param_counts):
     """The largest stage's parameter count under boundaries ``parts``."""
     return max(sum(param_counts[a:b]) for a, b in zip(parts, parts[1:]))
+
+
+def stage_sizes(parts, param_counts):
+    """Parameters per stage under boundaries ``parts``."""
+    return [sum(param_counts[a:b]) for a, b in zip(parts, parts[1:])]
+
+
+def min_max_parts(param_counts, num_stages):
+    """The exact min-max split: boundaries whose largest stage is as small as possible.
+
+    A dynamic program over "first i layers in j non-empty stages" (O(p·n²), n layers): the
+    yardstick of the Lab 04 exercise. DeepSpeed's ``partition_balanced`` solves a different
+    problem -- it minimises the *spread* (largest minus smallest stage) -- so its largest stage
+    can be bigger than this one's. Every stage gets at least one layer; with fewer layers than
+    stages the last stages are empty (nothing else is possible).
+
+    Returns:
+        (largest, parts): the smallest possible largest stage, and boundaries achieving it
+        (``num_stages + 1`` ints, stage s holds layers ``parts[s]:parts[s+1]``).
+    """
+    counts = [int(c) for c in param_counts]
+    n, p = len(counts), int(num_stages)
+    if p < 1:
+        raise ValueError(f"num_stages must be >= 1, got {num_stages!r}")
+    if n <= p:
+        parts = list(range(n + 1)) + [n] * (p - n)
+        return (max(counts) if counts else 0), parts
+    prefix = [0]
+    for c in counts:
+        prefix.append(prefix[-1] + c)
+    inf = float("inf")
+    # best[j][i]: smallest largest stage for layers[:i] in j non-empty stages; cut[j][i]: where
+    # its last stage starts.
+    best = [[inf] * (n + 1) for _ in range(p + 1)]
+    cut = [[0] * (n + 1) for _ in range(p + 1)]
+    best[0][0] = 0
+    for j in range(1, p + 1):
+        for i in range(j, n - (p - j) + 1):
+            for k in range(j - 1, i):
+                cost = max(best[j - 1][k], prefix[i] - prefix[k])
+                if cost < best[j][i]:
+                    best[j][i], cut[j][i] = cost, k
+    parts = [n]
+    for j in range(p, 0, -1):
+        parts.append(cut[j][parts[-1]])
+    return int(best[p][n]), parts[::-1]
+
+
+def boundary_shapes(layers, parts, sample):
+    """Shape of the activation each stage sends to the next (one micro-batch ``sample``).
+
+    Builds the layers once, in this process, and runs ``sample`` through them: the tensor
+    leaving stage s (its last layer's output) is what ``SendActivation`` ships to stage s+1,
+    and its gradient is what ``SendGrad`` ships back. Returns one shape per inner boundary.
+    """
+    import torch
+
+    import_deepspeed()
+    shapes, h = [], sample
+    with torch.no_grad():
+        for s in range(len(parts) - 1):
+            for spec in layers[parts[s]:parts[s + 1]]:
+                h = spec.build()(h)
+            if s < len(parts) - 2:
+                shapes.append(tuple(h.shape))
+    return shapes

@@ -45,16 +45,20 @@ def _record_passes(engine, events, step_box):
     """
     from deepspeed.runtime.pipe import schedule
 
+    from ..devices import rank_device, synchronize
+
     table = dict(type(engine)._INSTRUCTION_MAP)
     counts = {"F": 0, "B": 0}
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    # Only an NCCL rank owns a GPU whose queued work must finish before the clock is read; a
+    # gloo rank on a GPU machine must not touch CUDA at all.
+    device = rank_device()
 
     def timed(fn, kind):
         def run(self, *args, **kwargs):
-            sync()
+            synchronize(device)
             start = time.perf_counter_ns()
             fn(self, *args, **kwargs)
-            sync()
+            synchronize(device)
             events.append({"step": step_box[0], "stage": self.stage_id, "kind": kind,
                            "microbatch": counts[kind] % self.micro_batches,
                            "start": start, "end": time.perf_counter_ns()})
@@ -74,9 +78,10 @@ def train_pipeline(rank, world_size, *, layers=None, width=1024, num_stages=None
     Returns (per rank): dict with ``stage``, ``losses`` (the batch loss train_batch returns, the
     same on every stage), ``step_ms`` (wall time of each train_batch), ``events`` (timed F/B
     passes), ``parts``, ``local_layers``, ``local_params``, ``optimizer`` (class name and its
-    weight decay: what DeepSpeed really built).
+    weight decay: what DeepSpeed really built), ``backend`` ('gloo' or 'nccl': what the ranks
+    really talked over, which sets how closely the loss can match a CPU reference).
     """
-    from ._ds import init_deepspeed_comm, quiet_deepspeed_logs
+    from ._ds import comm_backend, init_deepspeed_comm, quiet_deepspeed_logs
 
     deepspeed = init_deepspeed_comm()  # on top of launch's group; skips the shm-op build
     quiet_deepspeed_logs()
@@ -109,7 +114,8 @@ def train_pipeline(rank, world_size, *, layers=None, width=1024, num_stages=None
             "events": events, "parts": [int(p) for p in module.parts],
             "local_layers": [type(f).__name__ for f in module.forward_funcs],
             "local_params": sum(p.numel() for p in module.parameters()),
-            "optimizer": (type(opt).__name__, opt.param_groups[0]["weight_decay"])}
+            "optimizer": (type(opt).__name__, opt.param_groups[0]["weight_decay"]),
+            "backend": comm_backend()}
 
 
 def run_deepspeed_pipeline(stages=2, *, layers=None, width=1024, partition_method="parameters",
