@@ -9,7 +9,7 @@ import torch
 import labsupport.launcher
 from labsupport.pipeline import (PipelineDeadlock, _checks, events_follow, make_mlp,
                                  measured_stage_costs, one_f_one_b, run_pipelines,
-                                 schedule_actions, simulate, single_device_grads)
+                                 schedule_actions, simulate, single_device_grads, split_model)
 
 RTOL, ATOL = 1e-5, 1e-6
 WIDTH = 32
@@ -99,6 +99,7 @@ def no_launch(monkeypatch):
     (4, 2, "1f1b", 8, 0, ValueError, r"microbatches must be >= 1"),
     (2, 3, "1f1b", 6, 3, ValueError, r"3 stages but only 2 layers"),
     (4, 2, "interleaved", 6, 3, ValueError, r"multiple of stages"),
+    (4, 4, "interleaved", 6, 3, ValueError, r"Use microbatches=4 \(the smallest multiple of 4\)"),
     (4, 2, "interleaved", 8, 4, ValueError, r"executor runs gpipe and 1f1b"),
     (4, 2, "zb-h1", 8, 4, ValueError, r"executor runs gpipe and 1f1b"),
     (4, 2, "pipedream", 8, 4, ValueError, r"unknown schedule"),
@@ -169,3 +170,54 @@ def test_check_bubble_and_smallest_m_explain():
         _checks.check_smallest_m(lambda p, t: max(1, smallest(p, t) - 1))
     with pytest.raises(AssertionError, match="relative form"):
         _checks.check_smallest_m(lambda p, t: next(m for m in range(1, 999) if (p - 1) / m <= t))
+
+
+# --- NCCL's rule, checked without NCCL: each link direction is a one-way FIFO ---------------
+
+class _RecordingDist:
+    """Stands in for torch.distributed inside run_stage: records what each stage posts where."""
+
+    def __init__(self, stage, log):
+        self.stage, self.log = stage, log
+
+    def barrier(self):
+        pass
+
+    def _work(self):
+        return type("Work", (), {"wait": lambda self: None})()
+
+    def isend(self, tensor, dst, group=None, tag=0):
+        self.log.append((group, self.stage, "send", tag))
+        return self._work()
+
+    def irecv(self, tensor, src, group=None, tag=0):
+        self.log.append((group, self.stage, "recv", tag))
+        tensor.normal_()
+        return self._work()
+
+
+@pytest.mark.parametrize("p, m, schedule", [(2, 4, "1f1b"), (3, 5, "1f1b"), (3, 3, "gpipe"),
+                                            (2, 4, CUSTOM_P2_M4)])
+def test_each_group_is_a_one_way_fifo(monkeypatch, p, m, schedule):
+    """NCCL ignores tags and runs one group's sends/receives in posting order: with a group per
+    link *direction*, one side only sends and the other only receives, in the same order, so
+    nothing can queue behind a message that waits for the queue (the 1F1B deadlock)."""
+    from labsupport.pipeline import executor
+    actions = schedule if isinstance(schedule, list) else schedule_actions(schedule, p, m)
+    modules, _ = split_model(make_mlp(p, WIDTH), p)
+    links = {"F": [f"F{k}" for k in range(p - 1)], "B": [f"B{k}" for k in range(p - 1)]}
+    x, y = _data(2 * m, 0)
+    log = []
+    for s in range(p):
+        monkeypatch.setattr(executor, "dist", _RecordingDist(s, log))
+        executor.run_stage(modules[s], x, y, m, actions[s], stage=s, stages=p,
+                           in_shape=(2, WIDTH), out_shape=(2, WIDTH), links=links)
+    assert {g for g, *_ in log} == set(links["F"] + links["B"])  # nothing on the default group
+    for group in links["F"] + links["B"]:
+        ops = [(stage, op, tag) for g, stage, op, tag in log if g == group]
+        sends = [(st, t) for st, op, t in ops if op == "send"]
+        recvs = [(st, t) for st, op, t in ops if op == "recv"]
+        k = int(group[1:])
+        sender, receiver = (k, k + 1) if group[0] == "F" else (k + 1, k)
+        assert {st for st, _ in sends} == {sender} and {st for st, _ in recvs} == {receiver}
+        assert [t for _, t in sends] == [t for _, t in recvs] == list(range(m))

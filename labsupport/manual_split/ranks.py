@@ -10,9 +10,11 @@ micro-batch forward, then every micro-batch backward):
     forward,  micro-batch i:  rank r-1 --send h_i [b, hidden]-->  rank r
     backward, micro-batch i:  rank r-1 <--send dL/dh_i [b, hidden]--  rank r
 
-Separate processes run at the same time (one core or one GPU each), so while rank 1 works on
-micro-batch i, rank 0 already works on micro-batch i+1: the overlap that one CPU process
-cannot give.
+Separate processes run at the same time (one thread, i.e. one core, or one GPU each), so while
+rank 1 works on micro-batch i, rank 0 already works on micro-batch i+1: the overlap that one
+CPU process cannot give. Both ranks post their messages in the same order (all activations,
+then all gradients, micro-batch order), which NCCL needs: it matches a pair's sends and
+receives in posting order.
 """
 from __future__ import annotations
 
@@ -22,12 +24,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..devices import rank_device
+from ..devices import synchronize as _sync
 from .split import make_mlp, split_model
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _step(rank, world, part, x, target, chunks, hidden, device, records, t0):
@@ -41,11 +40,14 @@ def _step(rank, world, part, x, target, chunks, hidden, device, records, t0):
         start, cpu = time.perf_counter(), time.process_time()
         out = fn()
         _sync(device)
+        end = time.perf_counter()
         # cpu: CPU seconds per compute thread this rank got inside the pass; below the wall
-        # time when its cores were taken by other work (with CUDA: host time, not meaningful)
-        cpu = (time.process_time() - cpu) / torch.get_num_threads()
+        # time when its cores were taken by other work. A GPU is this rank's alone: the host
+        # time only waits for it, so the pass costs its wall time there.
+        cpu = (end - start if device.type == "cuda"
+               else (time.process_time() - cpu) / torch.get_num_threads())
         records.append(dict(stage=rank, microbatch=mb, kind=kind, start=start - t0,
-                            end=time.perf_counter() - t0, cpu=cpu))
+                            end=end - t0, cpu=cpu))
         return out
 
     for i, xc in enumerate(xs):
@@ -93,8 +95,8 @@ def pipeline_rank(rank, world_size, model_kwargs, batch=256, chunk_counts=(1, 2,
         and ``grads``: this partition's parameter gradients after one step with the last
         chunk count, for comparison with the single-device model.
     """
-    device = (torch.device("cuda", rank) if dist.get_backend() == "nccl"
-              else torch.device("cpu"))
+    device = rank_device()   # NCCL: this rank's current GPU (not cuda:<global rank>); else CPU
+    torch.set_num_threads(1)  # one core per rank: the launcher would give it cores // ranks
     torch.manual_seed(seed)
     model = make_mlp(seed=seed, **model_kwargs)
     part = split_model(model, [device] * world_size)[rank]

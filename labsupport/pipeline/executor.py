@@ -10,14 +10,26 @@ It walks its schedule's action list (``schedules.py``) in order:
   to the full-batch mean-loss gradient); other stages ``recv`` d(loss)/d(output) from stage
   s+1 (same shape as the output they sent). Then the stage ``isend`` s d(loss)/d(input) to s-1.
 
-Sends are non-blocking (``isend``, waited at the end of the step); every receive of the step
-is posted up front (``irecv``, tag = micro-batch) and waited for by the pass that needs it. So a
-stage never waits for a *send* to be picked up, only for data it needs. That is exactly the
-simulator's rule, so an action list the simulator can finish (``validate``) cannot deadlock
-here. Each pass is timed with ``time.perf_counter_ns`` *after* its receive completed and
-*before* its send: waiting and sending show up as idle time on the timeline, i.e. as bubble.
-On GPUs (NCCL) the stage runs on the rank's current CUDA device and each timestamp is taken
-after ``torch.cuda.synchronize()``, so it marks finished kernels, not queued ones.
+Sends are non-blocking (``isend``, waited at the end of the step); each receive is posted one
+action ahead of the pass that needs it (so the message can arrive while the stage computes, with
+at most two receives outstanding). So a stage never waits for a *send* to be picked up, only for
+data it needs. That is exactly the simulator's rule, so an action list the simulator can finish
+(``validate``) cannot deadlock here. Each pass is timed with ``time.perf_counter_ns`` *after*
+its receive completed and *before* its send: waiting and sending show up as idle time on the
+timeline, i.e. as bubble.
+
+Channels (``pipeline_links``): every neighbour pair gets two process groups, one per direction
+(activations s -> s+1, gradients s+1 -> s). NCCL runs all sends and receives of one
+communicator in posting order on one stream and does not look at tags. With one group per pair,
+1F1B would queue [send activation i+1, receive gradient i] on stage s and [send gradient i,
+receive activation i+1] on stage s+1: each send waits for a receive queued behind the other
+rank's send, a deadlock (for messages beyond NCCL's buffers; smaller ones may slip through, so
+the hang would depend on the batch size). One direction per group leaves a queue holding only
+sends on one side and only receives on the other, in the same micro-batch order. gloo matches
+by tag and never needed it; both use the same code.
+On GPUs the stage runs on ``rank_device()`` and each timestamp is taken after the compute
+stream finished (not the whole device: that would also wait for sends in flight), so it marks
+finished kernels, not queued ones.
 
 The launch-side wrapper (``run_pipeline`` in ``run.py``) checks every argument before any
 process starts.
@@ -31,12 +43,38 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..devices import rank_device
 from .schedules import Action
+
+
+def pipeline_links(stages: int, peers=None, device=None) -> dict:
+    """Two process groups per neighbour pair: ``{'F': [s -> s+1 ...], 'B': [s+1 -> s ...]}``.
+
+    Index k of each list is the link between stages k and k+1. Every rank of the world must
+    call this (``new_group`` is collective), in the same order. The first message on a link
+    is sent here (one element), so the NCCL communicators are set up before any timing, in
+    link order: a set-up that blocks until both ends arrive cannot wait in a circle.
+    """
+    peers = list(range(stages)) if peers is None else list(peers)
+    device = rank_device() if device is None else device
+    me = dist.get_rank()
+    links = {"F": [], "B": []}
+    for k in range(stages - 1):
+        pair = [peers[k], peers[k + 1]]
+        for kind, (src, dst) in (("F", pair), ("B", pair[::-1])):
+            group = dist.new_group(pair)
+            links[kind].append(group)
+            token = torch.zeros(1, device=device)
+            if me == src:
+                dist.send(token, dst=dst, group=group)
+            elif me == dst:
+                dist.recv(token, src=src, group=group)
+    return links
 
 
 def run_stage(module: nn.Module, batch: torch.Tensor, targets: torch.Tensor, microbatches: int,
               actions, *, stage: int, stages: int, in_shape=None, out_shape=None,
-              loss_fn=None, peers=None) -> dict:
+              loss_fn=None, peers=None, links=None) -> dict:
     """Run one training step of one pipeline stage on this rank; return its measured events.
 
     Args:
@@ -50,6 +88,8 @@ def run_stage(module: nn.Module, batch: torch.Tensor, targets: torch.Tensor, mic
         out_shape: shape of one micro-batch's output, i.e. of the gradient from stage s+1.
         loss_fn: ``loss_fn(output, target)`` -> scalar mean loss (default MSE).
         peers: global ranks of the stages (default: stage s is rank s).
+        links: ``pipeline_links(stages, peers)``; None sends everything on the default group
+            (enough for gloo, which matches messages by tag; NCCL needs the links).
 
     Returns:
         dict with ``records`` (one per pass: stage, kind, microbatch, start, end in ns),
@@ -58,61 +98,76 @@ def run_stage(module: nn.Module, batch: torch.Tensor, targets: torch.Tensor, mic
     """
     loss_fn = loss_fn or nn.functional.mse_loss
     device = next(module.parameters()).device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    # the compute stream only: a whole-device sync would also wait for our sends in flight
+    sync = torch.cuda.current_stream(device).synchronize if device.type == "cuda" else (lambda: None)
     peers = list(range(stages)) if peers is None else peers
+    links = links or {"F": [None] * (stages - 1), "B": [None] * (stages - 1)}
     first, last = stage == 0, stage == stages - 1
     mb_size = batch.shape[0] // microbatches
     inputs, outputs, losses = {}, {}, {}  # per micro-batch: kept from F until its B
     pending, records, total_loss = [], [], None
 
-    # Post every receive of the step up front (tag = micro-batch), so a neighbour's send can
-    # complete as soon as it is made; a pass then only *waits* for its own message.
-    expected = {}
-    for kind, i in (Action.parse(a)[:2] for a in actions):
+    plan = [Action.parse(a)[:2] for a in actions]
+    posted = {}  # action index -> (buffer, irecv work)
+
+    def post(k):
+        # The receive action k needs (F: activation from s-1, B: gradient from s+1), posted
+        # once, in action order: each link's receives stay in its sender's order (NCCL's rule)
+        if k >= len(plan) or k in posted:
+            return
+        kind, i = plan[k]
         if kind == "F" and not first:
-            expected[kind, i] = torch.empty(in_shape, dtype=batch.dtype, device=device)
+            shape, src, group = in_shape, stage - 1, links["F"][stage - 1]
         elif kind == "B" and not last:
-            expected[kind, i] = torch.empty(out_shape, dtype=batch.dtype, device=device)
+            shape, src, group = out_shape, stage + 1, links["B"][stage]
+        else:
+            return
+        buf = torch.empty(shape, dtype=batch.dtype, device=device)
+        posted[k] = (buf, dist.irecv(buf, src=peers[src], group=group, tag=i))
+
+    def receive(k):
+        buf, work = posted.pop(k)
+        work.wait()
+        return buf
+
     sync()
     dist.barrier()  # align: every rank starts its clock together
     t0 = time.perf_counter_ns()
-    posted = {key: dist.irecv(buf, src=peers[stage - 1 if key[0] == "F" else stage + 1],
-                              tag=key[1]) for key, buf in expected.items()}
-    for action in actions:
-        kind, i = Action.parse(action)[:2]
+    for k, (kind, i) in enumerate(plan):
         if kind not in ("F", "B"):
             raise ValueError(f"stage {stage}: the executor runs F and B passes, not {kind!r}")
+        post(k)
+        post(k + 1)  # one action ahead: the next message can arrive while this pass runs
         if kind == "F":
             if first:
                 x = batch[i * mb_size:(i + 1) * mb_size]
-            else:
-                posted.pop(("F", i)).wait()  # activation of micro-batch i from stage s-1
-                x = expected.pop(("F", i)).requires_grad_(True)  # d(loss)/dx goes back to s-1
+            else:  # activation of micro-batch i from stage s-1; d(loss)/dx goes back to s-1
+                x = receive(k).requires_grad_(True)
             sync()
             start = time.perf_counter_ns()
             y = module(x)
             if last:
                 losses[i] = loss_fn(y, targets[i * mb_size:(i + 1) * mb_size]) / microbatches
             inputs[i], outputs[i] = x, y
-            send, peer = y.detach(), stage + 1
+            send, peer, group = y.detach(), stage + 1, None if last else links["F"][stage]
         else:
-            if not last:
-                posted.pop(("B", i)).wait()  # d(loss)/d(our output) from stage s+1
+            if not last:  # d(loss)/d(our output) from stage s+1
+                grad = receive(k)
             sync()
             start = time.perf_counter_ns()
             if last:
                 losses[i].backward()
                 total_loss = losses[i].detach() + (0 if total_loss is None else total_loss)
             else:
-                outputs[i].backward(expected.pop(("B", i)))
-            send, peer = inputs.pop(i).grad, stage - 1
+                outputs[i].backward(grad)
+            send, peer, group = inputs.pop(i).grad, stage - 1, None if first else links["B"][stage - 1]
             outputs.pop(i)  # frees this micro-batch's activations: why 1F1B saves memory
         # The event is the compute only: the send's cost shows up as a gap (bubble) after it.
         sync()
         records.append({"stage": stage, "kind": kind, "microbatch": i,
                         "start": start, "end": time.perf_counter_ns()})
         if 0 <= peer < stages:
-            pending.append(dist.isend(send, dst=peers[peer], tag=i))
+            pending.append(dist.isend(send, dst=peers[peer], group=group, tag=i))
     for work in pending:  # sends must finish before their buffers may be freed
         work.wait()
     return {"records": records, "loss": None if total_loss is None else float(total_loss),
@@ -120,7 +175,7 @@ def run_stage(module: nn.Module, batch: torch.Tensor, targets: torch.Tensor, mic
 
 
 def stage_rank_main(rank, world_size, modules, jobs, in_shapes, loss_fn=None, warmup_steps=1,
-                    repeats=1):
+                    repeats=1, threads=1):
     """Entry point launched on every rank: run each job (several steps) with stage ``rank``.
 
     Args:
@@ -129,16 +184,17 @@ def stage_rank_main(rank, world_size, modules, jobs, in_shapes, loss_fn=None, wa
         in_shapes: per job, per stage, the incoming activation shape of one micro-batch.
         warmup_steps: untimed steps first (allocator, gloo connections), per job.
         repeats: timed steps per job (the caller keeps the least disturbed one).
+        threads: CPU threads of this rank (1: one core per stage, as the labs describe).
 
     Returns:
         per job: dict with ``steps`` (records of each timed step), the last step's loss, and
         this stage's parameter gradients (in ``module.parameters()`` order) of the last step.
     """
     torch.manual_seed(0)
-    # NCCL: the launcher made cuda:rank current; gloo: CPU
-    device = torch.device("cuda", torch.cuda.current_device()) \
-        if dist.get_backend() == "nccl" else torch.device("cpu")
+    torch.set_num_threads(threads)
+    device = rank_device()  # NCCL: this rank's current GPU; gloo: the CPU
     module = modules[rank].to(device)
+    links = pipeline_links(world_size, device=device)
     results = []
     for job, shapes in zip(jobs, in_shapes):
         steps = []
@@ -147,7 +203,8 @@ def stage_rank_main(rank, world_size, modules, jobs, in_shapes, loss_fn=None, wa
             out = run_stage(module, job["batch"].to(device), job["targets"].to(device),
                             job["microbatches"],
                             job["actions"][rank], stage=rank, stages=world_size,
-                            in_shape=shapes[rank], out_shape=shapes[rank + 1], loss_fn=loss_fn)
+                            in_shape=shapes[rank], out_shape=shapes[rank + 1], loss_fn=loss_fn,
+                            links=links)
             if step >= warmup_steps:
                 steps.append({"records": out.pop("records"), "t0": out.pop("t0")})
         out["steps"] = steps

@@ -103,7 +103,7 @@ class PipelineResult:
 
 
 def run_pipelines(model, stages, runs, *, costs=None, loss_fn=None, warmup_steps=1,
-                  repeats=1, timeout_s=60, backend=None):
+                  repeats=1, timeout_s=60, backend=None, threads=1):
     """Run several (schedule, batch, targets, m) steps in ONE launch of p ranks.
 
     Args:
@@ -112,6 +112,8 @@ def run_pipelines(model, stages, runs, *, costs=None, loss_fn=None, warmup_steps
         warmup_steps: untimed steps before the timed ones, per run.
         repeats: timed steps per run; the one with the shortest makespan is kept (the CPU is
             shared: the fastest step is the one least disturbed by other processes).
+        threads: CPU threads per rank (default 1: one core per stage; the launcher alone
+            would give each rank cores // stages).
 
     Returns:
         list of PipelineResult, one per run.
@@ -135,7 +137,8 @@ def run_pipelines(model, stages, runs, *, costs=None, loss_fn=None, warmup_steps
                      "actions": [[tuple(a[:2]) for a in row] for row in actions]})
         shapes.append(per_stage)
     out = launch(stage_rank_main, stages, modules, jobs, shapes, loss_fn=loss_fn,
-                 warmup_steps=warmup_steps, repeats=repeats, timeout_s=timeout_s, backend=backend)
+                 warmup_steps=warmup_steps, repeats=repeats, threads=threads, timeout_s=timeout_s,
+                 backend=backend)
     results = []
     for j, r in enumerate(runs):
         per_rank = [rank_out[j] for rank_out in out]
@@ -228,24 +231,35 @@ def time_stage_costs(modules, micro_batch, micro_targets, *, repeats=7, loss_fn=
 def _time_whole_model(rank, world_size, model, batch, targets, threads, repeats, loss_fn):
     import time
 
+    from ..devices import rank_device, synchronize
+
     loss_fn = loss_fn or nn.functional.mse_loss
+    device = rank_device()  # gloo: the CPU; NCCL: this rank's GPU
+    model, batch, targets = model.to(device), batch.to(device), targets.to(device)
     out = {}
     for n in threads:
-        torch.set_num_threads(n)
+        torch.set_num_threads(n)  # CPU threads; on a GPU they only launch kernels
         times = []
         for _ in range(repeats + 1):  # the first step warms up the allocator
             model.zero_grad(set_to_none=True)
+            synchronize(device)
             t0 = time.perf_counter_ns()
             loss_fn(model(batch), targets).backward()
+            synchronize(device)  # GPU kernels are queued: time them finished
             times.append((time.perf_counter_ns() - t0) / 1e6)
         out[n] = min(times[1:])  # shared CPU: the least disturbed step, like run_pipelines
     return out
 
 
-def single_process_ms(model, batch, targets, *, threads=(1, 2), repeats=5, loss_fn=None):
+def single_process_ms(model, batch, targets, *, threads=(1, 2), repeats=5, loss_fn=None,
+                      backend="gloo"):
     """ms per training step (forward + backward, whole batch) of the whole model in ONE fresh
-    process, for each thread count: the baseline a pipeline on the same cores must beat."""
+    process, for each thread count: the baseline a pipeline on the same cores must beat.
+
+    ``backend='gloo'`` (default) times a CPU process, whatever GPUs exist; ``'nccl'`` times the
+    model on one GPU (the baseline for a pipeline whose ranks ran on GPUs).
+    """
     from ..launcher import launch
 
     return launch(_time_whole_model, 1, model, batch, targets, tuple(threads), repeats,
-                  loss_fn)[0]
+                  loss_fn, backend=backend)[0]

@@ -132,10 +132,11 @@ def interleaved(stages: int, microbatches: int, chunks: int = 2) -> list[list[Ac
     check_sizes(stages, microbatches, chunks)
     p, m, v = stages, microbatches, chunks
     if m % p:
+        below, above = m - m % p, m - m % p + p  # the nearest multiples of p (below may be 0)
+        use = f"{below} or {above}" if below else f"{above} (the smallest multiple of {p})"
         raise ValueError(
             f"interleaved 1F1B needs microbatches to be a multiple of stages: got "
-            f"microbatches={m}, stages={p}. Use microbatches={max(p, m - m % p)} or "
-            f"{m + p - m % p}, or the '1f1b' schedule"
+            f"microbatches={m}, stages={p}. Use microbatches={use}, or the '1f1b' schedule"
         )
 
     def nth(k: int, backward: bool) -> tuple[int, int]:
