@@ -254,8 +254,8 @@ def launch_check(name, rank_fn, world_size, *args, timeout_s=20, hang_hint="", *
 def check_ring_all_gather(student_fn, world_sizes=(2, 4), shape=(3, 5), dtype=torch.float32,
                           timeout_s=20, seed=0, name="ring_all_gather"):
     """Check a send/recv ring all-gather against ``dist.all_gather`` on several world sizes."""
-    hint = ("It deadlocked: a blocking dist.send waits until the peer receives, so if every rank "
-            "sends before it receives, they all wait for each other. Post the send with "
+    hint = ("It deadlocked: on gloo a blocking dist.send waits until the peer receives, so if "
+            "every rank sends before it receives, they all wait for each other. Post the send with "
             "dist.isend (or alternate send/recv order by rank parity), and check each step's "
             "source and destination ranks.")
     for world_size in world_sizes:

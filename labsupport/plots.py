@@ -67,12 +67,16 @@ def show_collective(name, before, after, note=""):
     return fig
 
 
-def plot_times_vs_size(sizes_bytes, times_s, world_size, backend, ax=None):
+def plot_times_vs_size(sizes_bytes, times_s, world_size, backend, ax=None,
+                       xlabel="message size per rank (bytes)"):
     """Median time of each collective against message size, log-log, with a 1 GB/s guide line.
 
     Args:
-        sizes_bytes: message sizes (bytes each rank contributes).
+        sizes_bytes: message sizes (bytes), one per measured point.
         times_s: ``{op name: [median seconds per size]}``.
+        backend: what the ranks ran on ("gloo"/"nccl"), as the ranks reported it.
+        xlabel: what ``sizes_bytes`` measures -- say which tensor it is when the collectives'
+            inputs and outputs differ in size (all-gather's output is p times its input).
     """
     import matplotlib.pyplot as plt
 
@@ -82,7 +86,7 @@ def plot_times_vs_size(sizes_bytes, times_s, world_size, backend, ax=None):
         ax.loglog(sizes_bytes, [t * 1e6 for t in times], marker="o", label=op)
     big = [s for s in sizes_bytes if s >= 1e5]  # the guide only matters where bytes dominate
     ax.loglog(big, [s / 1e9 * 1e6 for s in big], "k:", linewidth=1, label="1 GB/s (guide)")
-    ax.set_xlabel("message size per rank (bytes)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("median time (µs)")
     ax.set_title(f"collective time vs size — {world_size} ranks, {backend}")
     ax.grid(True, which="both", alpha=0.3)

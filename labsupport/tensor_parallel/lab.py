@@ -7,13 +7,17 @@ result with X·A in the parent, where it can name the mistake:
 
 - missing collective: the result equals this rank's local piece (``partials``);
 - wrong join: the pieces are concatenated along dim 0 instead of the last dim, or out of order;
-- factor t: values every rank already holds are summed over ranks (or averaged instead of summed).
+- factor t: values every rank already holds are summed over ranks (or averaged instead of summed);
+- no parallelism: the right Y, but computed as the full X·A on every rank (counted matmul flops)
+  or without the collective the exercise is about (counted collectives).
 """
 from __future__ import annotations
 
 import torch
 
-from ..checks import explain_mismatch, not_implemented, passed
+from ..checks import explain_mismatch, launch_check, not_implemented, passed
+from ..devices import rank_device
+from .counting import count_collectives
 
 # fp32: a shard's product is the same dot products as X·A, but a row split sums the k/t partial
 # sums in a different order, so allow a few ulps of the largest |Y| (about sqrt(k) here).
@@ -23,13 +27,11 @@ RTOL, ATOL = 1e-5, 1e-5
 COLUMN_CASES = {2: [(5, 6, 8), (3, 7, 10)], 3: [(4, 5, 9)], 4: [(3, 10, 12), (6, 5, 8)]}
 ROW_CASES = {2: [(5, 8, 6), (3, 10, 7)], 3: [(4, 9, 5)], 4: [(3, 12, 10), (6, 8, 5)]}
 
+HANG_HINT = ("Every rank must call the same collectives in the same order (no `if rank == 0:` "
+             "around them).")
 
-def rank_device():
-    """The device a rank computes on: its GPU under NCCL, else the CPU."""
-    import torch.distributed as dist
-    if dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+__all__ = ["check_column_parallel", "check_row_parallel", "explain_result",
+           "explain_parallelism", "rank_device"]
 
 
 def _inputs(b, k, n, seed):
@@ -38,20 +40,29 @@ def _inputs(b, k, n, seed):
 
 
 def _run_cases(rank, world_size, student_fn, cases):
-    """Runs on every rank: the student's function on each case; results go back to the parent."""
+    """Runs on every rank: the student's function on each case; results go back to the parent.
+
+    Per case: (Y on the CPU, {collective: calls}, matmul flops) -- the last two say whether the
+    rank really split the work, which equal values alone cannot tell.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
     device, out = rank_device(), []
     for i, (b, k, n) in enumerate(cases):
         X, A = _inputs(b, k, n, seed=100 + i)
         X, A = X.to(device), A.to(device)
         X0, A0 = X.clone(), A.clone()
+        matmuls = FlopCounterMode(display=False)  # X @ A, matmul, F.linear, einsum: 2 per FMA
         try:
-            Y = student_fn(X, A, rank, world_size)
+            with count_collectives() as log, matmuls:
+                Y = student_fn(X, A, rank, world_size)
         except NotImplementedError:
             return ("not_implemented", None)
         if not (torch.equal(X, X0) and torch.equal(A, A0)):
             return ("mutated", "your function changed X or A in place; every rank must keep the "
                                "full inputs unchanged (work on slices or copies)")
-        out.append(Y.detach().cpu() if isinstance(Y, torch.Tensor) else Y)
+        out.append((Y.detach().cpu() if isinstance(Y, torch.Tensor) else Y, log.by_op(),
+                    matmuls.get_total_flops()))
     return ("ok", out)
 
 
@@ -68,46 +79,87 @@ def _block_order_problem(actual, expected, world_size, what):
     return None
 
 
+def _what(case, world_size, rank):
+    b, k, n = case
+    return f"with {world_size} ranks, X {(b, k)}, A {(k, n)}: rank {rank}"
+
+
 def explain_result(got, case, index, world_size, rank, column):
     """Why rank ``rank``'s result for case ``index`` (b, k, n) is not X·A (None if it is)."""
     b, k, n = case
     X, A = _inputs(b, k, n, seed=100 + index)
     want, t = X @ A, world_size
-    what = f"with {t} ranks, X {tuple(X.shape)}, A {tuple(A.shape)}: rank {rank}'s Y"
+    what = f"{_what(case, t, rank)}'s Y"
     partials = (_column_partials if column else _row_partials)(X, A, t)
     return ((column and isinstance(got, torch.Tensor) and _block_order_problem(got, want, t, what))
             or explain_mismatch(got, want, what=what, rtol=RTOL, atol=ATOL, world_size=t,
                                 partials=partials))
 
 
-def _check(student_fn, name, cases_by_t, world_sizes, timeout_s, column):
-    from ..launcher import LaunchError, launch
+def explain_parallelism(ops, flops, case, world_size, rank, column):
+    """Why a rank that returned the right Y did not do the exercise's parallel computation.
 
+    Args:
+        ops: {collective: calls} the rank issued (``CollectiveLog.by_op()``).
+        flops: matmul flops the rank executed (``FlopCounterMode``); 2·b·k·n is the full X·A.
+    Returns None when the rank issued the exercise's collective and did less than the full product.
+    """
+    if world_size == 1:
+        return None
+    b, k, n = case
+    where = _what(case, world_size, rank)
+    if column:
+        shard, need = "X·A_rank (b, n/t): your column block of A", "all-gather the blocks"
+        done = ops.get("all_gather", 0) > 0
+    else:
+        shard = "the partial product X_rank·A_rank (b, n): your k-slice of X and of A"
+        need = "all-reduce (sum) the partials"
+        done = ops.get("all_reduce", 0) > 0 or (ops.get("reduce_scatter", 0) > 0
+                                                and ops.get("all_gather", 0) > 0)
+    if not ops:
+        return (f"{where} returned the right Y without any communication: you computed the full "
+                f"product on every rank. Compute only {shard}, then {need}; a plain X @ A is not "
+                "accepted.")
+    if not done:
+        used = ", ".join(f"{op} ×{c}" for op, c in sorted(ops.items()))
+        return (f"{where} returned the right Y but issued {used} and no "
+                f"{'all-gather' if column else 'all-reduce'}: this exercise is about that "
+                f"collective. Compute only {shard}, then {need}.")
+    full = 2 * b * k * n
+    if flops >= full:
+        return (f"{where} multiplied the full X·A ({flops:,} matmul flops; the whole product is "
+                f"{full:,}, this rank's share {full // world_size:,}) and only then communicated: "
+                f"you computed the full product on every rank. Compute only {shard}, then {need}.")
+    return None
+
+
+def _judge(results, cases, world_size, name, column):
+    """Raise for the first wrong rank result of one launch (``_run_cases`` per rank); else the
+    number of rank results judged."""
+    total = 0
+    for rank, (status, detail) in enumerate(results):
+        if status == "not_implemented":
+            raise not_implemented(name)
+        if status == "mutated":
+            raise AssertionError(f"with {world_size} ranks, rank {rank}: {detail}")
+        for i, (got, ops, flops) in enumerate(detail):
+            problem = (explain_result(got, cases[i], i, world_size, rank, column)
+                       or explain_parallelism(ops, flops, cases[i], world_size, rank, column))
+            if problem:
+                raise AssertionError(problem)
+            total += 1
+    return total
+
+
+def _check(student_fn, name, cases_by_t, world_sizes, timeout_s, column):
     total = 0
     for t in world_sizes:
-        cases = cases_by_t[t]
-        try:
-            results = launch(_run_cases, t, student_fn, cases, timeout_s=timeout_s)
-        except LaunchError as exc:
-            if "NotImplementedError" in exc.traceback:
-                raise not_implemented(name) from None
-            if "timed out" in str(exc).lower() or "timeout" in exc.traceback.lower():
-                raise AssertionError(
-                    f"{name} timed out with {t} ranks: some rank waited more than {timeout_s} s "
-                    "in a collective the other ranks never called. Every rank must call the "
-                    "same collectives in the same order (no `if rank == 0:` around them).") from None
-            raise AssertionError(f"{name} failed with {t} ranks:\n{exc}") from None
-        for rank, (status, detail) in enumerate(results):
-            if status == "not_implemented":
-                raise not_implemented(name)
-            if status == "mutated":
-                raise AssertionError(f"with {t} ranks, rank {rank}: {detail}")
-            for i, got in enumerate(detail):
-                problem = explain_result(got, cases[i], i, t, rank, column)
-                if problem:
-                    raise AssertionError(problem)
-                total += 1
-    passed(name, f"full Y = X·A on every rank for {', '.join(map(str, world_sizes))} ranks "
+        results = launch_check(name, _run_cases, t, student_fn, cases_by_t[t], timeout_s=timeout_s,
+                               hang_hint=HANG_HINT)
+        total += _judge(results, cases_by_t[t], t, name, column)
+    op = "all-gather" if column else "all-reduce"
+    passed(name, f"full Y = X·A on every rank for {', '.join(map(str, world_sizes))} ranks, "
+                 f"1/t of the matmul and an {op} per rank "
                  f"({total} rank results, rtol={RTOL:g}, atol={ATOL:g})")
 
 
@@ -120,11 +172,12 @@ def _row_partials(X, A, t):
 
 
 def check_column_parallel(student_fn, world_sizes=(2, 4), name="column_parallel", timeout_s=20):
-    """Check ``student_fn(X, A, rank, world_size)`` computes Y = X·A with A split by columns."""
+    """Check ``student_fn(X, A, rank, world_size)`` computes Y = X·A with A split by columns:
+    the right Y on every rank, from this rank's column block and an all-gather."""
     _check(student_fn, name, COLUMN_CASES, world_sizes, timeout_s, True)
 
 
 def check_row_parallel(student_fn, world_sizes=(2, 4), name="row_parallel", timeout_s=20):
     """Check ``student_fn(X, A, rank, world_size)`` computes Y = X·A with X split by columns and
-    A by rows (partial products summed over ranks)."""
+    A by rows (partial products summed over ranks with an all-reduce)."""
     _check(student_fn, name, ROW_CASES, world_sizes, timeout_s, False)

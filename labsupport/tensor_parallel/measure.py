@@ -1,6 +1,8 @@
 """Measurement kernels of Lab 01 and benchmarks/tp_mlp.py: bytes on the wire, compute vs comm time.
 
 Both functions run *inside* ranks (pass them to ``labsupport.launch``) and return plain dicts.
+Tensors live on ``rank_device()`` (the rank's GPU under NCCL, else the CPU), and timers are read
+only after ``synchronize`` (GPU kernels and NCCL calls return before the work is done).
 """
 from __future__ import annotations
 
@@ -11,9 +13,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..devices import rank_device, synchronize
 from .comm_bytes import all_gather_bytes, loopback_bytes, ring_all_reduce_bytes
 from .counting import count_collectives
-from .lab import rank_device
 from .layers import MLP, ParallelMLP
 
 # Published NVLink bandwidths (total, both directions, per GPU) -- NVIDIA's H100 and A100
@@ -53,12 +55,14 @@ def wire_bytes(rank, world_size, n_bytes, tries=3):
             after = loopback_bytes()
             if before is not None and after is not None:
                 deltas.append(after.tx_bytes - before.tx_bytes)
+        # Only gloo talks over lo; NCCL on one node uses NVLink/PCIe/shared memory.
+        on_loopback = deltas and device.type == "cpu"
         out[op] = {"handed": log.bytes(op), "formula": formula(n_bytes, world_size),
-                   "lo_tx": min(deltas) if deltas and dist.get_backend() == "gloo" else None}
+                   "lo_tx": min(deltas) if on_loopback else None}
     return out
 
 
-def _interleaved_medians(fns, repeats, warmup, min_time_s):
+def _interleaved_medians(fns, repeats, warmup, min_time_s, device):
     """Median seconds of each fn, timed in interleaved rounds after a barrier each: a burst of
     load from other processes then hits all of them alike instead of one block of samples.
     Cheap fns get more rounds (up to ``min_time_s`` in all, at most 51): small timings are the
@@ -67,17 +71,20 @@ def _interleaved_medians(fns, repeats, warmup, min_time_s):
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    synchronize(device)
     round_s = (time.perf_counter() - start) / max(warmup, 1)
     rounds = max(repeats, min(51, int(min_time_s / max(round_s, 1e-9))))
     # Every rank must run the same number of barriers: agree on the largest count.
-    agreed = torch.tensor([rounds], device=rank_device())
+    agreed = torch.tensor([rounds], device=device)
     dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
     samples = {name: [] for name in fns}
     for _ in range(int(agreed)):
         for name, fn in fns.items():
+            synchronize(device)  # nothing queued from the previous fn may run into this timing
             dist.barrier()  # start together: time the work, not the wait for a late rank
             start = time.perf_counter()
             fn()
+            synchronize(device)
             samples[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(s) for name, s in samples.items()}
     return {**medians, **{name.replace("_s", "_min_s"): min(s) for name, s in samples.items()}}
@@ -92,9 +99,11 @@ def time_tp_mlp(rank, world_size, hiddens, tokens=64, repeats=7, warmup=1, seed=
     - ``compute_s``: the same local math on this rank's shards with the collectives left out;
     - ``comm_s``: the two all-reduces of (tokens, h) fp32 alone.
     ``*_min_s``: the fastest round of each -- far below the median means other processes took
-    the cores during most rounds. Also ``allreduce_bytes`` (handed per step, counted) and ``ring_bytes`` (sent per rank, formula).
+    the cores during most rounds. ``backend``: "nccl" or "gloo", what the rank ran on. Also
+    ``allreduce_bytes`` (handed per step, counted) and ``ring_bytes`` (sent per rank, formula).
     """
     device, rows = rank_device(), []
+    backend = "nccl" if device.type == "cuda" else "gloo"
     for h in hiddens:
         torch.manual_seed(seed)
         dense = MLP(h)
@@ -121,8 +130,9 @@ def time_tp_mlp(rank, world_size, hiddens, tokens=64, repeats=7, warmup=1, seed=
         fns = {"step_s": step, "compute_s": compute}
         if world_size > 1:
             fns["comm_s"] = comm
-        row = {"hidden": h, "tokens": tokens, "world_size": world_size, "comm_s": 0.0, "comm_min_s": 0.0,
-               **_interleaved_medians(fns, repeats, warmup, min_time_s),
+        row = {"hidden": h, "tokens": tokens, "world_size": world_size, "backend": backend,
+               "comm_s": 0.0, "comm_min_s": 0.0,
+               **_interleaved_medians(fns, repeats, warmup, min_time_s, device),
                "allreduce_calls": log.count("all_reduce"), "allreduce_bytes": handed,
                "ring_bytes": sum(ring_all_reduce_bytes(c.bytes, world_size)
                                  for c in log.calls if c.op == "all_reduce")}

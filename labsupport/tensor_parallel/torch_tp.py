@@ -3,7 +3,8 @@
 ``torch.distributed.tensor.parallel`` shards modules with DTensor: ColwiseParallel turns
 fc1.weight into a DTensor sharded on dim 0 (our ColumnParallelLinear's rows), RowwiseParallel
 shards fc2.weight on dim 1 (our RowParallelLinear's columns) and all-reduces the output.
-Checked with torch 2.13 on CPU: a 1-D DeviceMesh of device type "cpu" runs on gloo.
+Checked with torch 2.13 on CPU: a 1-D DeviceMesh of device type "cpu" runs on gloo; on NCCL
+the mesh is "cuda" and the model moves to the rank's GPU (``rank_device()``).
 """
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import copy
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..devices import rank_device
 from ._checks import check_divisible
 
 
 def _mesh_device_type() -> str:
-    return "cuda" if dist.get_backend() == "nccl" else "cpu"
+    # "cuda" when the group runs NCCL (initialised as "cpu:gloo,cuda:nccl"), else "cpu".
+    return rank_device().type
 
 
 def torch_parallel_mlp(fc1: nn.Linear, fc2: nn.Linear, mesh=None) -> nn.Sequential:
@@ -38,5 +41,7 @@ def torch_parallel_mlp(fc1: nn.Linear, fc2: nn.Linear, mesh=None) -> nn.Sequenti
     if mesh is None:
         mesh = init_device_mesh(_mesh_device_type(), (dist.get_world_size(),))
     check_divisible(fc1.out_features, mesh.size(), "hidden size", "torch_parallel_mlp (fc1.out_features)")
-    model = nn.Sequential(copy.deepcopy(fc1), nn.GELU(), copy.deepcopy(fc2)).to(_mesh_device_type())
+    # The rank's own device; a mesh the caller built for another device type wins.
+    device = rank_device() if mesh.device_type == rank_device().type else mesh.device_type
+    model = nn.Sequential(copy.deepcopy(fc1), nn.GELU(), copy.deepcopy(fc2)).to(device)
     return parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
