@@ -11,7 +11,7 @@ import math
 
 import torch
 
-__all__ = ["assert_close", "explain_mismatch", "check_function", "check_gather_list",
+__all__ = ["assert_close", "assert_grads_match", "explain_mismatch", "check_function", "check_gather_list",
            "check_ring_all_gather", "launch_check", "not_implemented", "passed"]
 
 
@@ -116,6 +116,20 @@ def assert_close(actual, expected, **kwargs):
     problem = explain_mismatch(actual, expected, **kwargs)
     if problem:
         raise AssertionError(problem)
+
+
+def assert_grads_match(named_params, ref_grads, *, missing_hint, rtol=1e-4, atol=1e-5):
+    """Each ``(name, param)``'s ``.grad`` against the reference gradient, in order.
+
+    ``missing_hint`` explains, in the exercise's terms, why a parameter can end up with no
+    gradient at all (the graph was cut); a wrong gradient gets :func:`explain_mismatch`'s words.
+    """
+    for (pname, p), ref in zip(named_params, ref_grads):
+        if p.grad is None:
+            raise AssertionError(f"{pname} got no gradient: {missing_hint}")
+        problem = explain_mismatch(p.grad, ref, what=f"gradient of {pname}", rtol=rtol, atol=atol)
+        if problem:
+            raise AssertionError(problem)
 
 
 def check_function(student_fn, reference_fn, make_inputs, *, name=None, trials=3, seed=0,

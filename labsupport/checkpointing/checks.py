@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import explain_mismatch, not_implemented, passed
+from ..checks import assert_grads_match, explain_mismatch, not_implemented, passed
 from ..memory import format_bytes, measure
 from .formulas import predict_mlp_saved_bytes
 from .models import CheckpointedMLP, SeedMLP, checkpointed_mlp_forward
@@ -64,15 +64,10 @@ def check_checkpointed_forward(student_fn, tokens=1024, d=64, h=256):
     if problem:
         raise AssertionError(problem)
     got.sum().backward()
-    for (pname, p), g_ref in zip(mlp.named_parameters(), _grads(ref_mlp)):
-        if p.grad is None:
-            raise AssertionError(
-                f"{pname} got no gradient: checkpointed parameters lost their gradients "
-                "(with use_reentrant=True and an input that does not require grad this happens "
-                "silently) — use checkpoint(..., use_reentrant=False)")
-        problem = explain_mismatch(p.grad, g_ref, what=f"gradient of {pname}", rtol=1e-4, atol=1e-5)
-        if problem:
-            raise AssertionError(problem)
+    assert_grads_match(mlp.named_parameters(), _grads(ref_mlp), missing_hint=(
+        "checkpointed parameters lost their gradients (with use_reentrant=True and an input "
+        "that does not require grad this happens silently) — use "
+        "checkpoint(..., use_reentrant=False)"))
     ref = measure(CheckpointedMLP(SeedMLP(d, h)), x).after_forward_bytes
     plain = measure(SeedMLP(d, h), x).after_forward_bytes
     mine = measure(CheckpointedMLP(SeedMLP(d, h), student_fn), x).after_forward_bytes

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..checks import explain_mismatch, not_implemented, passed
+from ..checks import assert_grads_match, explain_mismatch, not_implemented, passed
 from .split import chunked_forward, make_mlp, split_forward, split_model
 
 CPU, META = torch.device("cpu"), torch.device("meta")
@@ -78,15 +78,10 @@ def _values_and_grads(fn, name, make_args, chunks=None):
     got.square().sum().backward()
     names = [n for part in ("part 0", "part 1") for n in (f"{part} weight", f"{part} bias") * 2]
     params = [q for part in parts for q in part.parameters()]
-    for pname, p, ref in zip(names, params, ref_grads):
-        if p.grad is None:
-            raise AssertionError(
-                f"{pname} got no gradient: the autograd graph was cut between the partitions "
-                "(.detach(), .data or torch.no_grad() on the activation). .to() alone keeps the "
-                "graph: its backward moves the gradient back to devices[0].")
-        problem = explain_mismatch(p.grad, ref, what=f"gradient of {pname}", rtol=1e-4, atol=1e-5)
-        if problem:
-            raise AssertionError(problem)
+    assert_grads_match(zip(names, params), ref_grads, missing_hint=(
+        "the autograd graph was cut between the partitions (.detach(), .data or "
+        "torch.no_grad() on the activation). .to() alone keeps the graph: its backward moves "
+        "the gradient back to devices[0]."))
     return got
 
 
