@@ -221,6 +221,7 @@ class _Launch:
             if errors:
                 self._fail(min(errors, key=_blame_order))
             if all(r.returned for r in self.ranks):
+                self._update_progress()  # rank 0 may have finished its loop since the last look
                 self.store.set("labsupport/release", "1")
                 self._reap()
                 self._print_outputs()
