@@ -130,15 +130,6 @@ def build_student(solution_nb, name="notebook"):
     return nb
 
 
-def clear_outputs(nb):
-    """Drop outputs and execution counts in place (committed notebooks carry none)."""
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-        cell.metadata.pop("execution", None)
-    return nb
-
-
 def render(nb):
     """The exact text a notebook is written as (so tests can compare files byte for byte)."""
     return nbformat.writes(nb) + "\n"
