@@ -27,27 +27,34 @@ from labsupport import memory  # noqa: E402
 MiB = 2 ** 20
 
 
-def _allreduce_rank(rank, world_size, device):
-    t = torch.full((4,), float(rank + 1), device=device if device == "cpu" else f"cuda:{rank}")
+def _allreduce_rank(rank, world_size):
+    device = labsupport.devices.rank_device()  # cuda:<rank> under NCCL, else the CPU
+    t = torch.full((4,), float(rank + 1), device=device)
     dist.all_reduce(t)
     return dist.get_backend(), str(t.device), t.sum().item()
 
 
 def check_launcher(device, backend):
-    """labsupport.launch at world size 1 on the GPU backend, including the automatic choice."""
+    """labsupport.launch at world size 1 on the GPU backend, including the automatic choice.
+
+    The group reports "cpu:gloo,cuda:nccl" on a GPU (gloo for CPU tensors beside NCCL):
+    ``is_nccl`` reads it, and ``rank_device`` must then put the rank's tensors on its GPU.
+    """
     chosen = labsupport.devices.resolve_backend(1)
-    got = labsupport.launch(_allreduce_rank, 1, device, backend=backend)
-    assert got[0][0] == backend and got[0][2] == 4.0, got
+    reported, where, total = labsupport.launch(_allreduce_rank, 1, backend=backend)[0]
+    nccl = labsupport.devices.is_nccl(reported)
+    assert nccl == (backend == "nccl") and total == 4.0, (reported, where, total)
+    assert where == ("cuda:0" if nccl else "cpu"), f"rank_device() put the tensor on {where}"
     if device == "cuda":
         assert chosen == "nccl", f"automatic backend for 1 rank with a GPU is {chosen}"
-    return f"backend {got[0][0]} on {got[0][1]}, automatic choice {chosen}"
+    return f"backend {reported!r} (NCCL: {nccl}) on {where}, automatic choice {chosen}"
 
 
-def _tp_rank(rank, world_size, device):
+def _tp_rank(rank, world_size):
     from labsupport.tensor_parallel import ParallelMLP, count_collectives
 
     torch.manual_seed(0)
-    dev = torch.device(device if device == "cpu" else f"cuda:{rank}")
+    dev = labsupport.devices.rank_device()
     fc1, fc2 = torch.nn.Linear(64, 256).to(dev), torch.nn.Linear(256, 64).to(dev)
     mlp = ParallelMLP.from_dense(fc1, fc2, rank, world_size)
     x = torch.randn(8, 64, device=dev, requires_grad=True)
@@ -62,7 +69,7 @@ def _tp_rank(rank, world_size, device):
 def check_tensor_parallel(device, backend):
     # One GPU means one rank (NCCL refuses two ranks on one GPU); at t=1 the layers skip their
     # collectives, so none are expected — the multi-rank paths are covered on gloo by the tests.
-    err, fwd, bwd = labsupport.launch(_tp_rank, 1, device, backend=backend)[0]
+    err, fwd, bwd = labsupport.launch(_tp_rank, 1, backend=backend)[0]
     assert err < 1e-4 and (fwd, bwd) == (0, 0), (err, fwd, bwd)
     return f"ParallelMLP (t=1) vs dense max |err| {err:.2e}, all-reduces issued {fwd}+{bwd}"
 

@@ -1,8 +1,9 @@
 """Check-cell helpers: run a student's function against a reference and explain the mistake.
 
-A failed check raises ``AssertionError`` whose message says what is wrong in the terms of the lab
-("the shards are joined along dim 0; the column shards of Y must be joined along the last dim"),
-never a bare ``assert``. A function that still raises ``NotImplementedError`` gives a
+A failed check raises :class:`CheckFailure` (an ``AssertionError``) whose message says what is
+wrong in the terms of the lab ("the shards are joined along dim 0; the column shards of Y must be
+joined along the last dim"), never a bare ``assert``. A student's function is called through
+:func:`call_student`: one that still raises ``NotImplementedError`` gives a
 ``NotImplementedError`` that says which exercise is unfinished.
 """
 from __future__ import annotations
@@ -11,8 +12,13 @@ import math
 
 import torch
 
-__all__ = ["assert_close", "assert_grads_match", "explain_mismatch", "check_function", "check_gather_list",
-           "check_ring_all_gather", "launch_check", "not_implemented", "passed"]
+__all__ = ["CheckFailure", "assert_close", "assert_grads_match", "call_student", "check_function",
+           "check_gather_list", "check_ring_all_gather", "explain_mismatch", "launch_check",
+           "not_implemented", "passed"]
+
+
+class CheckFailure(AssertionError):
+    """A check's verdict on a wrong answer; the message names the mistake in the lab's terms."""
 
 
 def passed(name, detail=""):
@@ -23,6 +29,18 @@ def not_implemented(name):
     return NotImplementedError(
         f"{name} is not implemented yet: replace `raise NotImplementedError()` in its exercise "
         "cell with your code, run that cell, then run this check again.")
+
+
+def call_student(fn, *args, name=None, **kwargs):
+    """``fn(*args, **kwargs)``, with the exercise stub's ``NotImplementedError`` turned into
+    :func:`not_implemented` for exercise ``name`` (default: ``fn.__name__``).
+
+    The one place a check calls a student's function; anything else ``fn`` raises propagates.
+    """
+    try:
+        return fn(*args, **kwargs)
+    except NotImplementedError:
+        raise not_implemented(name or getattr(fn, "__name__", "your function")) from None
 
 
 def _scale_factor(actual, expected):
@@ -112,10 +130,10 @@ def _explain_shape(actual, expected, what, world_size, partials):
 
 
 def assert_close(actual, expected, **kwargs):
-    """Raise AssertionError with :func:`explain_mismatch`'s explanation unless they match."""
+    """Raise :class:`CheckFailure` with :func:`explain_mismatch`'s explanation unless they match."""
     problem = explain_mismatch(actual, expected, **kwargs)
     if problem:
-        raise AssertionError(problem)
+        raise CheckFailure(problem)
 
 
 def assert_grads_match(named_params, ref_grads, *, missing_hint, rtol=1e-4, atol=1e-5):
@@ -126,10 +144,10 @@ def assert_grads_match(named_params, ref_grads, *, missing_hint, rtol=1e-4, atol
     """
     for (pname, p), ref in zip(named_params, ref_grads):
         if p.grad is None:
-            raise AssertionError(f"{pname} got no gradient: {missing_hint}")
+            raise CheckFailure(f"{pname} got no gradient: {missing_hint}")
         problem = explain_mismatch(p.grad, ref, what=f"gradient of {pname}", rtol=rtol, atol=atol)
         if problem:
-            raise AssertionError(problem)
+            raise CheckFailure(problem)
 
 
 def check_function(student_fn, reference_fn, make_inputs, *, name=None, trials=3, seed=0,
@@ -142,16 +160,13 @@ def check_function(student_fn, reference_fn, make_inputs, *, name=None, trials=3
     gen = torch.Generator().manual_seed(seed)
     for trial in range(trials):
         inputs = make_inputs(gen)
-        try:
-            got = student_fn(*inputs)
-        except NotImplementedError as exc:
-            raise not_implemented(name) from None
+        got = call_student(student_fn, *inputs, name=name)
         want = reference_fn(*inputs)
         shapes = ", ".join(str(tuple(x.shape)) for x in inputs if isinstance(x, torch.Tensor))
         problem = explain_mismatch(got, want, what=f"{name}'s result", rtol=rtol, atol=atol,
                                    world_size=world_size)
         if problem:
-            raise AssertionError(f"trial {trial + 1} (inputs of shape {shapes}): {problem}")
+            raise CheckFailure(f"trial {trial + 1} (inputs of shape {shapes}): {problem}")
     passed(name, f"{trials} random trials, rtol={rtol:g}, atol={atol:g}")
 
 
@@ -217,7 +232,7 @@ def _ring_check_rank(rank, world_size, student_fn, shape, dtype, seed):
 
     def refuse(op):
         def call(*a, **k):
-            raise AssertionError(f"the exercise builds all-gather from send/recv alone; "
+            raise CheckFailure(f"the exercise builds all-gather from send/recv alone; "
                                  f"your function called dist.{op}")
         return call
 
@@ -247,9 +262,9 @@ def launch_check(name, rank_fn, world_size, *args, timeout_s=20, hang_hint="", *
     """``launch(rank_fn, world_size, ...)`` for a check cell, with a rank's failure explained.
 
     A student's ``NotImplementedError`` in any rank becomes :func:`not_implemented`; a rank that
-    waited past ``timeout_s`` in a collective or send/recv becomes an AssertionError naming the
-    hang and ``hang_hint`` (what usually causes it in this exercise); anything else an
-    AssertionError carrying the rank's traceback.
+    waited past ``timeout_s`` in a collective or send/recv becomes a :class:`CheckFailure` naming the
+    hang and ``hang_hint`` (what usually causes it in this exercise); anything else a
+    :class:`CheckFailure` carrying the rank's traceback.
     """
     from .launcher import LaunchError, launch
 
@@ -259,10 +274,10 @@ def launch_check(name, rank_fn, world_size, *args, timeout_s=20, hang_hint="", *
         if "NotImplementedError" in exc.traceback:
             raise not_implemented(name) from None
         if exc.timed_out:
-            raise AssertionError(
+            raise CheckFailure(
                 f"{name} hung with {world_size} ranks: a rank waited more than {timeout_s} s in "
                 f"a collective or send/recv that no peer matched. {hang_hint}".strip()) from None
-        raise AssertionError(f"{name} failed with {world_size} ranks:\n{exc}") from None
+        raise CheckFailure(f"{name} failed with {world_size} ranks:\n{exc}") from None
 
 
 def check_ring_all_gather(student_fn, world_sizes=(2, 4), shape=(3, 5), dtype=torch.float32,
@@ -279,7 +294,7 @@ def check_ring_all_gather(student_fn, world_sizes=(2, 4), shape=(3, 5), dtype=to
             if status == "not_implemented":
                 raise not_implemented(name)
             if detail:
-                raise AssertionError(f"with {world_size} ranks, shape {shape}, {dtype}: {detail}")
+                raise CheckFailure(f"with {world_size} ranks, shape {shape}, {dtype}: {detail}")
     numel = math.prod(shape)
     passed(name, f"matches dist.all_gather on {', '.join(map(str, world_sizes))} ranks "
                  f"({numel} × {dtype} per rank)")

@@ -44,12 +44,32 @@ def process_group_backend(backend):
     return "cpu:gloo,cuda:nccl" if backend == "nccl" else backend
 
 
+def is_nccl(group=None):
+    """Does ``group`` (default: the default process group) run NCCL?
+
+    ``group`` may also be the backend string a group reported (``dist.get_backend()``). Groups on
+    GPU nodes are created as "cpu:gloo,cuda:nccl" (:func:`process_group_backend`), and that whole
+    string is what ``get_backend()`` returns, so never compare it with "nccl": ask this.
+    False when no process group is initialised.
+    """
+    if isinstance(group, str):
+        backend = group
+    else:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return False
+        backend = dist.get_backend(group)
+    # "nccl", "gloo", or "device:backend" pairs joined by commas.
+    names = {part.rsplit(":", 1)[-1].strip().lower() for part in str(backend).split(",")}
+    return "nccl" in names
+
+
 def rank_device():
     """Where this rank's tensors belong: its GPU when the group runs NCCL, else the CPU."""
     import torch
-    import torch.distributed as dist
 
-    if dist.is_initialized() and "nccl" in str(dist.get_backend()):
+    if is_nccl():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 

@@ -128,7 +128,8 @@ def _one_line(error):
         pointed = [ln.split("---->", 1)[1] for f in frames for ln in f.splitlines() if "---->" in ln]
         evalue = ("at: " + re.sub(r"^\s*\d+\s*", "", pointed[-1]).strip()) if pointed else "(no message)"
     first = evalue.splitlines()[0] if evalue else ""
-    text = first if ename == "AssertionError" else f"{ename}: {first}"
+    # A check's verdict (labsupport.checks.CheckFailure, an AssertionError) is the message itself.
+    text = first if ename in ("AssertionError", "CheckFailure") else f"{ename}: {first}"
     return text if len(text) <= 300 else text[:297] + "..."
 
 

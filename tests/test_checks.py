@@ -44,11 +44,30 @@ def test_other_mistakes():
     assert "1 of 32 elements" in msg and "(1, 2)" in msg
 
 
+def test_call_student_names_the_unfinished_exercise_and_passes_the_rest_through():
+    assert checks.call_student(lambda a, b=0: a + b, 1, b=2, name="add") == 3
+
+    def stub(x):
+        raise NotImplementedError()
+    with pytest.raises(NotImplementedError, match="^my_exercise is not implemented yet: replace"):
+        checks.call_student(stub, 1, name="my_exercise")
+    with pytest.raises(NotImplementedError, match="^stub is not implemented yet"):
+        checks.call_student(stub, 1)
+    with pytest.raises(ZeroDivisionError):       # the student's own bug keeps its traceback
+        checks.call_student(lambda: 1 / 0, name="div")
+
+
+def test_check_failures_are_assertion_errors():
+    assert issubclass(checks.CheckFailure, AssertionError)
+    with pytest.raises(checks.CheckFailure, match="differs from the reference"):
+        checks.assert_close(torch.zeros(3), torch.ones(3))
+
+
 def test_check_function_pass_fail_and_not_implemented(capsys):
     inputs = lambda g: (torch.randn(3, 5, generator=g), torch.randn(5, 2, generator=g))
     checks.check_function(lambda x, a: x @ a, torch.matmul, inputs, name="mm")
     assert "mm: correct" in capsys.readouterr().out
-    with pytest.raises(AssertionError, match="trial 1 .*2× too large"):
+    with pytest.raises(checks.CheckFailure, match="trial 1 .*2× too large"):
         checks.check_function(lambda x, a: 2 * x @ a, torch.matmul, inputs, name="mm", world_size=2)
 
     def unfinished(x, a):

@@ -261,30 +261,29 @@ def test_boundary_shapes_show_the_wider_send():
 
 
 def test_gloo_ranks_get_the_cpu_accelerator_even_with_a_gpu(monkeypatch):
-    """1 GPU, 2 gloo ranks: DeepSpeed must not pick CUDA (rank 1 would set_device(1))."""
-    import torch
+    """1 GPU, 2 gloo ranks: DeepSpeed must not pick CUDA (rank 1 would set_device(1)).
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.delenv("LABSUPPORT_BACKEND", raising=False)
-    assert not _ds.wants_cpu_accelerator()      # a GPU notebook process: CUDA is right
-    monkeypatch.setenv("LABSUPPORT_BACKEND", "nccl")
-    assert not _ds.wants_cpu_accelerator()
-    monkeypatch.setenv("LABSUPPORT_BACKEND", "gloo")
-    assert _ds.wants_cpu_accelerator()
-    monkeypatch.setenv("DS_ACCELERATOR", "cuda")
-    _ds.import_deepspeed()
-    assert os.environ["DS_ACCELERATOR"] == "cpu"
-    from deepspeed.accelerator import get_accelerator
-    assert get_accelerator()._name == "cpu"
-    # An initialised group decides when no launch variable is set (torchrun on CPU).
+    The rank's initialised process group decides, through labsupport.devices.is_nccl -- not the
+    launcher's private environment variables.
+    """
+    import torch
     import torch.distributed as dist
 
-    monkeypatch.delenv("LABSUPPORT_BACKEND")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LABSUPPORT_BACKEND", "gloo")  # the launcher's private variable: ignored
+    assert not _ds.wants_cpu_accelerator()      # a GPU notebook process: CUDA is right
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_backend", lambda group=None: "cpu:gloo,cuda:nccl")
     assert not _ds.wants_cpu_accelerator() and _ds.comm_backend() == "nccl"
     monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
     assert _ds.wants_cpu_accelerator() and _ds.comm_backend() == "gloo"
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "cpu:gloo")
+    assert _ds.wants_cpu_accelerator() and _ds.comm_backend() == "gloo"
+    monkeypatch.setenv("DS_ACCELERATOR", "cuda")
+    _ds.import_deepspeed()
+    assert os.environ["DS_ACCELERATOR"] == "cpu"
+    from deepspeed.accelerator import get_accelerator
+    assert get_accelerator()._name == "cpu"
 
 
 def test_torchrun_two_processes():

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -23,3 +25,29 @@ def test_gpu_check_refuses_without_a_gpu_unless_asked():
                          capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": ROOT})
     assert run.returncode == 2 and "no CUDA GPU visible" in run.stdout
+
+
+def _gpu_check_module():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.pop(0)
+    return gpu_check
+
+
+def test_launcher_check_reads_the_nccl_group_string(monkeypatch):
+    """On a GPU the rank's group reports "cpu:gloo,cuda:nccl": that is NCCL, not a failure."""
+    import labsupport
+
+    gpu_check = _gpu_check_module()
+    monkeypatch.setattr(labsupport.devices, "resolve_backend", lambda world_size: "nccl")
+    monkeypatch.setattr(labsupport, "launch",
+                        lambda fn, n, backend=None: [("cpu:gloo,cuda:nccl", "cuda:0", 4.0)])
+    detail = gpu_check.check_launcher("cuda", "nccl")
+    assert "NCCL: True" in detail and "cuda:0" in detail
+    # A rank whose tensor stayed on the CPU under NCCL means rank_device() did not pick its GPU.
+    monkeypatch.setattr(labsupport, "launch",
+                        lambda fn, n, backend=None: [("cpu:gloo,cuda:nccl", "cpu", 4.0)])
+    with pytest.raises(AssertionError, match="rank_device"):
+        gpu_check.check_launcher("cuda", "nccl")

@@ -171,6 +171,12 @@ def test_bare_assert_reports_the_failing_line():
     assert grading._one_line(error) == "at: assert f(2) == 3"
 
 
+def test_a_check_failure_reads_as_its_verdict():
+    error = {"ename": "CheckFailure", "evalue": "rank 1's Y is 2× too large\nmore", "traceback": []}
+    assert grading._one_line(error) == "rank 1's Y is 2× too large"
+    assert grading._one_line({**error, "ename": "RuntimeError"}).startswith("RuntimeError: rank 1")
+
+
 def test_deleted_exercise_cell_is_missing(graded):
     rows = graded["exercise_deleted"]
     assert _summary(rows) == {"check_double": ("passed", 2), "check_square": ("missing", 0)}

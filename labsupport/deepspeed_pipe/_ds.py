@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+from ..devices import is_nccl
+
 TESTED_DEEPSPEED = "0.19"
 _SHM_MODULE, _SHM_FUNCTION = "deepspeed.comm.torch", "build_shm_op"
 
@@ -22,29 +24,23 @@ _SHM_MODULE, _SHM_FUNCTION = "deepspeed.comm.torch", "build_shm_op"
 def wants_cpu_accelerator():
     """True when DeepSpeed must run on its CPU accelerator in this process.
 
-    That is: no GPU is visible, or this is a rank of a gloo launch (``LABSUPPORT_BACKEND`` set
-    by ``labsupport.launch``), or the process group is already up without NCCL (torchrun on CPU).
-    ``dist.get_backend()`` of an NCCL group reads "cpu:gloo,cuda:nccl", so look for "nccl" in it.
+    That is: no GPU is visible, or the process group is up without NCCL (a rank of a gloo
+    launch, or torchrun on CPU). A process with a GPU and no process group yet (a GPU notebook)
+    keeps CUDA. :func:`labsupport.devices.is_nccl` reads NCCL groups' "cpu:gloo,cuda:nccl".
     """
     import torch
 
     if not torch.cuda.is_available():
         return True
-    if os.environ.get("LABSUPPORT_BACKEND") == "gloo":
-        return True
     import torch.distributed as dist
 
-    return (dist.is_available() and dist.is_initialized()
-            and "nccl" not in str(dist.get_backend()))
+    return dist.is_available() and dist.is_initialized() and not is_nccl()
 
 
 def comm_backend():
-    """'nccl' or 'gloo': what this rank's process group runs (for DeepSpeed and the checks)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return "nccl" if "nccl" in str(dist.get_backend()) else "gloo"
-    return os.environ.get("LABSUPPORT_BACKEND") or "gloo"
+    """'nccl' or 'gloo': what this rank's process group runs (for DeepSpeed and the checks);
+    'gloo' when no group is initialised."""
+    return "nccl" if is_nccl() else "gloo"
 
 
 def import_deepspeed():

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..devices import rank_device, synchronize
+from ..devices import is_nccl, rank_device, synchronize
 from .comm_bytes import all_gather_bytes, loopback_bytes, ring_all_reduce_bytes
 from .counting import count_collectives
 from .layers import MLP, ParallelMLP
@@ -103,7 +103,7 @@ def time_tp_mlp(rank, world_size, hiddens, tokens=64, repeats=7, warmup=1, seed=
     ``allreduce_bytes`` (handed per step, counted) and ``ring_bytes`` (sent per rank, formula).
     """
     device, rows = rank_device(), []
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = "nccl" if is_nccl() else "gloo"
     for h in hiddens:
         torch.manual_seed(seed)
         dense = MLP(h)
