@@ -1,8 +1,14 @@
-"""Suite-wide guard: every notebook nbval collects must execute every one of its code cells.
+"""Suite-wide hooks.
 
-A notebook that silently did not run is a failure, never a pass (as in PyTorch's tutorial CI).
+- Every notebook nbval collects must execute every one of its code cells: a notebook that
+  silently did not run is a failure, never a pass (as in PyTorch's tutorial CI).
+- Lab markers: an item that runs a lab notebook (an nbval cell of ``NN_*.ipynb``, or a test
+  parametrised with such a path) gets the marker ``labNN``, so ``pytest -m lab03`` selects that
+  lab's notebooks beside its unit tests (which carry ``pytestmark = pytest.mark.lab03``).
 """
+import re
 from collections import defaultdict
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -12,12 +18,31 @@ _collected = {}
 
 
 def _is_nbval(item):
-    return type(item).__name__ == "NbCellItem"
+    return type(item).__name__ == "IPyNbCell"  # nbval's item: one notebook code cell
+
+
+_LAB_NOTEBOOK = re.compile(r"^(\d\d)_.*\.ipynb$")
+
+
+def _lab_of(path):
+    """'03' for .../03_pipeline_bubbles.ipynb, else None."""
+    m = _LAB_NOTEBOOK.match(Path(str(path)).name)
+    return m.group(1) if m else None
+
+
+def _mark_lab(item):
+    paths = [item.fspath] if _is_nbval(item) else []
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None:
+        paths += [v for v in callspec.params.values() if isinstance(v, Path)]
+    for lab in {_lab_of(p) for p in paths} - {None}:
+        item.add_marker(f"lab{lab}")
 
 
 def pytest_collection_modifyitems(session, config, items):
     per_notebook = defaultdict(int)
     for item in items:
+        _mark_lab(item)
         if _is_nbval(item):
             per_notebook[str(item.fspath)] += 1
     for path, count in per_notebook.items():

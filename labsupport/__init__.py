@@ -1,8 +1,8 @@
 """Parallelism Labs helper package.
 
 Plumbing lives here so the labs can show the concept: ``launch`` runs a function on N ranks,
-``checks`` turns exercise mistakes into explanations, ``plots`` draws who-holds-what and timing
-figures. Heavy optional packages (DeepSpeed, Jupyter, ipywidgets, matplotlib) are imported lazily,
+one subpackage per lab holds its models, measurements, figures and check cells
+(``labsupport.<subpackage>.checks``), and ``checks`` is the toolkit those check cells share. Heavy optional packages (DeepSpeed, Jupyter, ipywidgets, matplotlib) are imported lazily,
 so ``import labsupport`` needs torch alone.
 """
 from .devices import describe_hardware, hardware_report

@@ -243,6 +243,7 @@ def test_cli_usage_errors_exit_non_zero(tiny):
                  cwd=tiny).returncode == 2
 
 
+@pytest.mark.lab00
 def test_real_lab_00_with_the_solution_filled_in_gets_full_marks(tmp_path):
     root = course.repo_root(__file__)
     solution = nbformat.read(course.find_lab("00", root), as_version=4)

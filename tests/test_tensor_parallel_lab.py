@@ -1,5 +1,4 @@
-"""Lab 01's check helpers and measurement kernels (labsupport.tensor_parallel.lab / .measure),
-and the forbidden-collective list of Lab 00's ring check.
+"""Lab 01's check helpers and measurement kernels (labsupport.tensor_parallel.lab / .measure).
 
 Diagnoses are tested on synthetic rank results (no launch); one launch per kernel proves the
 checks pass a correct answer, turn an unfinished one into NotImplementedError, and that the
@@ -192,32 +191,3 @@ def test_check_judges_how_the_work_was_split(attempts, name):
     else:
         with pytest.raises(AssertionError, match=message):
             lab._judge(attempts[name], cases, T, name, column)
-
-
-# --- Lab 00's ring check (labsupport.checks._ring_check_rank) -----------------------------------
-
-def _ring_via_all_gather_single(tensor, rank, world_size):
-    out = torch.empty(world_size * tensor.numel(), dtype=tensor.dtype)
-    dist.all_gather_single(out, tensor.flatten())
-    return list(out.view(world_size, *tensor.shape))
-
-
-def _ring_via_all_to_all(tensor, rank, world_size):
-    out = [torch.empty_like(tensor) for _ in range(world_size)]
-    dist.all_to_all(out, [tensor] * world_size)
-    return out
-
-
-RING_CHEATS = {"all_gather_single": _ring_via_all_gather_single, "all_to_all": _ring_via_all_to_all}
-
-
-def _ring_cheats(rank, world_size):
-    from labsupport import checks
-    return {op: checks._ring_check_rank(rank, world_size, fn, (3, 5), torch.float32, 0)
-            for op, fn in RING_CHEATS.items()}
-
-
-def test_ring_check_refuses_other_collectives():
-    for rank_result in labsupport.launch(_ring_cheats, 2):
-        for op, (status, detail) in rank_result.items():
-            assert status == "forbidden" and f"called dist.{op}" in detail, (op, status, detail)

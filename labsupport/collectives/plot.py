@@ -1,4 +1,4 @@
-"""Figures shared by the labs: who holds what around a collective, and time vs message size.
+"""Lab 00's figures: who holds what around a collective, and time vs message size.
 
 matplotlib is imported inside each function so ``import labsupport`` needs torch alone.
 """
