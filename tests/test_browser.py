@@ -18,6 +18,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+pytestmark = pytest.mark.lab05
+
 ROOT = Path(__file__).resolve().parent.parent
 LAB = "05_activation_checkpointing.ipynb"  # a solution lab with an ipywidgets explorer
 CHROMIUM = os.environ.get("LABS_CHROMIUM", "/usr/bin/chromium")

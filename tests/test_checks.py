@@ -1,7 +1,6 @@
 """Check helpers explain the mistake instead of a bare assert."""
 import pytest
 import torch
-import torch.distributed as dist
 
 from labsupport import checks
 

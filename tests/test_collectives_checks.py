@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 import labsupport
-from labsupport.collectives import checks, ring_all_gather
+from labsupport.collectives import checks
 
 pytestmark = pytest.mark.lab00
 

@@ -12,14 +12,15 @@ Hand counts rely on what each op saves for backward (PyTorch's derivatives.yaml)
     sum              saves nothing but a shape.
 Parameters and the input x existed before the call, so they are never counted.
 """
-import copy
-
 import pytest
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from labsupport.memory import CATEGORIES, MemoryReport, compare, format_bytes, measure
+
+# The measurement Lab 02 (memory per partition) and Lab 05 (checkpointing) are built on.
+pytestmark = [pytest.mark.lab02, pytest.mark.lab05]
 
 B, D, H = 512, 64, 256
 A = B * H * 4

@@ -32,6 +32,9 @@ from labsupport.tensor_parallel import (
     row_shard,
     torch_parallel_mlp,
 )
+from labsupport.tensor_parallel import measure
+
+pytestmark = pytest.mark.lab01
 
 TOL = dict(rtol=1e-5, atol=1e-6)
 LOOPBACK_N = 1 << 20  # bytes all-reduced / all-gathered for the loopback measurement
@@ -400,3 +403,30 @@ def test_mismatched_shapes():
         row_parallel_matmul(torch.randn(6, 6), torch.randn(4, 20))
     with pytest.raises(ValueError, match=r"fc2 must map 16 → 4"):
         ParallelMLP.from_dense(nn.Linear(4, 16), nn.Linear(8, 4), rank=0, world_size=2)
+
+
+# --- Lab 01's measurement kernels (labsupport.tensor_parallel.measure) ---------------------------
+
+T = 2
+
+
+def _kernels(rank, world_size):
+    return (measure.wire_bytes(rank, world_size, 1 << 18, tries=2),
+            measure.time_tp_mlp(rank, world_size, [32, 64], tokens=8, repeats=3))
+
+
+def test_measurement_kernels():
+    wire, rows = labsupport.launch(_kernels, T)[0]
+    assert wire["all_reduce"]["handed"] == 1 << 18 and wire["all_gather"]["handed"] == (1 << 18) // T
+    for op, m in wire.items():
+        if m["lo_tx"] is not None:  # Linux, gloo: the formula holds up to header overhead
+            assert 0.98 <= m["lo_tx"] / (T * m["formula"]) <= 1.2, (op, m)
+    for r, h in zip(rows, [32, 64]):
+        assert r["hidden"] == h and r["allreduce_calls"] == 2
+        assert r["allreduce_bytes"] == 2 * 8 * h * 4 == r["ring_bytes"]  # t=2: ring moves N
+        assert min(r["step_s"], r["compute_s"], r["comm_s"]) > 0
+
+
+def test_link_seconds_uses_one_direction():
+    # 900 GB/s total bidirectional → 450 GB/s each way: 450 MB take 1 ms.
+    assert measure.link_seconds(450e6, 900) == pytest.approx(1e-3)

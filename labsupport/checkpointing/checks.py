@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import assert_grads_match, explain_mismatch, not_implemented, passed
+from ..checks import CheckFailure, assert_grads_match, call_student, explain_mismatch, passed
 from ..memory import format_bytes, measure
-from .formulas import predict_mlp_saved_bytes
-from .models import CheckpointedMLP, SeedMLP, checkpointed_mlp_forward
+from .models import CheckpointedMLP, SeedMLP
+
+__all__ = ["check_predict_saved_bytes", "check_checkpointed_forward"]
 
 _SIZES = [(512, 64, 256), (1024, 32, 128), (256, 128, 512)]
 
@@ -18,10 +19,7 @@ def check_predict_saved_bytes(student_fn, sizes=_SIZES, device=None):
     for tokens, d, h in sizes:
         x = torch.randn(tokens, d, device=device)
         for ckpt in (False, True):
-            try:
-                got = student_fn(tokens, d, h, ckpt)
-            except NotImplementedError:
-                raise not_implemented(name) from None
+            got = call_student(student_fn, tokens, d, h, ckpt, name=name)
             mlp = SeedMLP(d, h).to(device)
             model = CheckpointedMLP(mlp) if ckpt else mlp
             measured = measure(model, x).saved_bytes
@@ -37,7 +35,7 @@ def check_predict_saved_bytes(student_fn, sizes=_SIZES, device=None):
                         f"measurement holds {measured // unit}")
             elif got * 4 == measured:
                 hint = " — counted elements, not bytes (fp32 is 4 bytes each)"
-            raise AssertionError(
+            raise CheckFailure(
                 f"T={tokens}, d={d}, h={h}, {what}: you predicted {got} bytes, measured "
                 f"{measured} ({format_bytes(measured)}){hint}. Recall: a Linear saves its input, "
                 "a ReLU its output; one storage is counted once.")
@@ -56,13 +54,10 @@ def check_checkpointed_forward(student_fn, tokens=1024, d=64, h=256):
     ref_mlp, mlp = SeedMLP(d, h), SeedMLP(d, h)
     want = ref_mlp(x)
     want.sum().backward()
-    try:
-        got = student_fn(mlp, x)
-    except NotImplementedError:
-        raise not_implemented(name) from None
+    got = call_student(student_fn, mlp, x, name=name)
     problem = explain_mismatch(got, want, what="your forward's output", rtol=1e-5, atol=1e-5)
     if problem:
-        raise AssertionError(problem)
+        raise CheckFailure(problem)
     got.sum().backward()
     assert_grads_match(mlp.named_parameters(), _grads(ref_mlp), missing_hint=(
         "checkpointed parameters lost their gradients (with use_reentrant=True and an input "
@@ -72,18 +67,14 @@ def check_checkpointed_forward(student_fn, tokens=1024, d=64, h=256):
     plain = measure(SeedMLP(d, h), x).after_forward_bytes
     mine = measure(CheckpointedMLP(SeedMLP(d, h), student_fn), x).after_forward_bytes
     if mine == plain and plain != ref:
-        raise AssertionError(
+        raise CheckFailure(
             f"your forward holds {format_bytes(mine)} after forward, as much as the plain model: "
             "nothing was dropped. Either nothing is checkpointed, or the checkpointed part saves "
             "nothing inside (a lone Linear saves only its input, which checkpoint keeps anyway) "
             "— wrap model.middle in torch.utils.checkpoint.checkpoint")
     if mine != ref:
-        raise AssertionError(
+        raise CheckFailure(
             f"your forward holds {format_bytes(mine)} after forward; checkpointing model.middle "
             f"holds {format_bytes(ref)} (plain: {format_bytes(plain)}). Checkpoint exactly "
             "model.middle, once")
     passed(name, f"same gradients, {format_bytes(plain - mine)} less held after forward")
-
-
-__all__ = ["check_predict_saved_bytes", "check_checkpointed_forward", "checkpointed_mlp_forward",
-           "predict_mlp_saved_bytes"]

@@ -8,26 +8,21 @@ cuda:0 and cuda:1.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from ..checks import assert_grads_match, explain_mismatch, not_implemented, passed
-from .split import chunked_forward, make_mlp, split_forward, split_model
+from ..checks import CheckFailure, assert_grads_match, call_student, explain_mismatch, passed
+from .split import make_mlp, split_forward, split_model
 
 CPU, META = torch.device("cpu"), torch.device("meta")
 RTOL, ATOL = 1e-5, 1e-6  # fp32; the split model does the same math in the same order
 
 
-def _call(fn, name, *args):
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        raise not_implemented(name) from None
-
-
 def _device_trap(fn, name, args_for, hint):
     """Run ``fn`` with the partitions on (cpu, meta) and (meta, meta); explain device errors.
 
-    (meta, cpu) is not usable: data cannot be copied out of a meta tensor.
+    (meta, cpu) is not usable: data cannot be copied out of a meta tensor. ``fn`` is called
+    directly, not through ``call_student``: the checks call it on the CPU first (so the exercise
+    stub is reported there), and torch's own NotImplementedError for an op on a meta tensor must
+    not read as an unfinished exercise.
     """
     model = make_mlp(d_in=6, hidden=10, d_out=3, seed=3)
     x = torch.randn(4, 6)
@@ -36,19 +31,17 @@ def _device_trap(fn, name, args_for, hint):
         try:
             out = fn(*args_for(parts, x, devices))
         except (RuntimeError, NotImplementedError) as exc:
-            if isinstance(exc, NotImplementedError) and not str(exc):
-                raise not_implemented(name) from None  # the exercise stub
             if "device" not in str(exc) and "meta" not in str(exc):
                 raise
             if "copy out of meta" in str(exc):
                 hint = ("It copies part 1's result (or the activation) off devices[1] again: "
                         "return part 1's output on devices[1], where the loss is computed.")
-            raise AssertionError(
+            raise CheckFailure(
                 f"{name} with part 0 on {devices[0]} and part 1 on {devices[1]} (a stand-in for "
                 f"cuda:0 / cuda:1) failed: {str(exc).splitlines()[0]!r}. {hint}") from None
         if not isinstance(out, torch.Tensor) or out.device != devices[1]:
             where = out.device if isinstance(out, torch.Tensor) else type(out).__name__
-            raise AssertionError(
+            raise CheckFailure(
                 f"{name} returned its result on {where}, expected devices[1] = {devices[1]}: "
                 "return part 1's output where part 1 computed it (the loss is computed there).")
 
@@ -64,17 +57,17 @@ def _values_and_grads(fn, name, make_args, chunks=None):
     parts = split_model(model, [CPU, CPU])
     for p in (q for part in parts for q in part.parameters()):
         p.grad = None
-    got = _call(fn, name, *make_args(parts, x, [CPU, CPU]))
+    got = call_student(fn, *make_args(parts, x, [CPU, CPU]), name=name)
     problem = explain_mismatch(got, want.detach(), what=f"{name}'s output", rtol=RTOL, atol=ATOL)
     if problem:
         h0 = parts[0](x).detach()
         if isinstance(got, torch.Tensor) and got.shape == h0.shape and torch.allclose(got, h0):
             problem += ("; it equals part 0's output: part 1 was never applied to the "
                         "activation")
-        raise AssertionError(f"batch of 10 rows, model 12→16→16→16→5: {problem}")
+        raise CheckFailure(f"batch of 10 rows, model 12→16→16→16→5: {problem}")
     if not got.requires_grad:
-        raise AssertionError(f"{name}'s output does not require grad: it was computed under "
-                             "torch.no_grad() or detached, so training could not learn from it.")
+        raise CheckFailure(f"{name}'s output does not require grad: it was computed under "
+                           "torch.no_grad() or detached, so training could not learn from it.")
     got.square().sum().backward()
     names = [n for part in ("part 0", "part 1") for n in (f"{part} weight", f"{part} bias") * 2]
     params = [q for part in parts for q in part.parameters()]
@@ -114,16 +107,16 @@ def check_chunked_forward(student_fn, name="chunked_forward"):
             want = split_forward(parts, x, [CPU, CPU])
         calls.clear()
         with torch.no_grad():
-            got = _call(student_fn, name, parts, x, [CPU, CPU], chunks)
+            got = call_student(student_fn, parts, x, [CPU, CPU], chunks, name=name)
         problem = explain_mismatch(got, want, what=f"{name}'s output", rtol=RTOL, atol=ATOL)
         if problem:
             if (isinstance(got, torch.Tensor) and got.shape == want.shape
                     and _reversed_chunks(got, chunks, want)):
                 problem += "; the micro-batches come out in reverse order"
-            raise AssertionError(f"batch {batch}, chunks={chunks}: {problem} (concatenate the "
-                                 "chunk outputs along dim 0, in order)")
+            raise CheckFailure(f"batch {batch}, chunks={chunks}: {problem} (concatenate the "
+                               "chunk outputs along dim 0, in order)")
         if batch % chunks == 0 and calls != [batch // chunks] * chunks:
-            raise AssertionError(
+            raise CheckFailure(
                 f"batch {batch}, chunks={chunks}: part 0 ran on micro-batches of "
                 f"{calls} rows; expected {chunks} micro-batches of {batch // chunks} rows "
                 "(x.chunk(chunks, dim=0), each through the split model).")

@@ -8,6 +8,8 @@
 - ``counting``: ``count_collectives()`` -- which collectives ran, forward or backward, how big.
 - ``comm_bytes``: loopback byte counters and the all-gather / ring all-reduce formulas.
 - ``torch_tp``: the same MLP via torch.distributed.tensor.parallel, as an oracle.
+- ``measure``: Lab 01's timing and wire-byte kernels (run inside ranks) and its plot.
+- ``checks``: Lab 01's check cells (the column- and row-parallel matmul exercises).
 
 Every parallel module has ``from_dense(...)`` taking the single-device module(s) plus
 ``rank, world_size`` (and an optional process ``group``), so checking a layer is:

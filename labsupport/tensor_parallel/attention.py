@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._checks import check_divisible, check_rank, resolve_rank
+from ._validate import check_divisible, check_rank, resolve_rank
 from .layers import ColumnParallelLinear, RowParallelLinear
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_divisible, check_rank
+from ._validate import check_divisible, check_rank
 from .comm import copy_to_tp_region, gather_from_tp_region, reduce_from_tp_region
 
 

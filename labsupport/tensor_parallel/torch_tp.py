@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..devices import rank_device
-from ._checks import check_divisible
+from ._validate import check_divisible
 
 
 def _mesh_device_type() -> str:

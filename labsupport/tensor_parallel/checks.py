@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import explain_mismatch, launch_check, not_implemented, passed
+from ..checks import CheckFailure, call_student, explain_mismatch, launch_check, passed
 from ..devices import rank_device
 from .counting import count_collectives
 
@@ -31,7 +31,7 @@ HANG_HINT = ("Every rank must call the same collectives in the same order (no `i
              "around them).")
 
 __all__ = ["check_column_parallel", "check_row_parallel", "explain_result",
-           "explain_parallelism", "rank_device"]
+           "explain_parallelism"]
 
 
 def _inputs(b, k, n, seed):
@@ -39,7 +39,7 @@ def _inputs(b, k, n, seed):
     return torch.randn(b, k, generator=gen), torch.randn(k, n, generator=gen)
 
 
-def _run_cases(rank, world_size, student_fn, cases):
+def _run_cases(rank, world_size, student_fn, cases, name="your function"):
     """Runs on every rank: the student's function on each case; results go back to the parent.
 
     Per case: (Y on the CPU, {collective: calls}, matmul flops) -- the last two say whether the
@@ -53,11 +53,8 @@ def _run_cases(rank, world_size, student_fn, cases):
         X, A = X.to(device), A.to(device)
         X0, A0 = X.clone(), A.clone()
         matmuls = FlopCounterMode(display=False)  # X @ A, matmul, F.linear, einsum: 2 per FMA
-        try:
-            with count_collectives() as log, matmuls:
-                Y = student_fn(X, A, rank, world_size)
-        except NotImplementedError:
-            return ("not_implemented", None)
+        with count_collectives() as log, matmuls:
+            Y = call_student(student_fn, X, A, rank, world_size, name=name)
         if not (torch.equal(X, X0) and torch.equal(A, A0)):
             return ("mutated", "your function changed X or A in place; every rank must keep the "
                                "full inputs unchanged (work on slices or copies)")
@@ -138,15 +135,13 @@ def _judge(results, cases, world_size, name, column):
     number of rank results judged."""
     total = 0
     for rank, (status, detail) in enumerate(results):
-        if status == "not_implemented":
-            raise not_implemented(name)
         if status == "mutated":
-            raise AssertionError(f"with {world_size} ranks, rank {rank}: {detail}")
+            raise CheckFailure(f"with {world_size} ranks, rank {rank}: {detail}")
         for i, (got, ops, flops) in enumerate(detail):
             problem = (explain_result(got, cases[i], i, world_size, rank, column)
                        or explain_parallelism(ops, flops, cases[i], world_size, rank, column))
             if problem:
-                raise AssertionError(problem)
+                raise CheckFailure(problem)
             total += 1
     return total
 
@@ -154,8 +149,8 @@ def _judge(results, cases, world_size, name, column):
 def _check(student_fn, name, cases_by_t, world_sizes, timeout_s, column):
     total = 0
     for t in world_sizes:
-        results = launch_check(name, _run_cases, t, student_fn, cases_by_t[t], timeout_s=timeout_s,
-                               hang_hint=HANG_HINT)
+        results = launch_check(name, _run_cases, t, student_fn, cases_by_t[t], name,
+                               timeout_s=timeout_s, hang_hint=HANG_HINT)
         total += _judge(results, cases_by_t[t], t, name, column)
     op = "all-gather" if column else "all-reduce"
     passed(name, f"full Y = X·A on every rank for {', '.join(map(str, world_sizes))} ranks, "

@@ -1,4 +1,5 @@
-"""Lab 04: DeepSpeed's PipelineModule trained for real on 2 gloo ranks, and the set-up checks.
+"""Lab 04 (labsupport.deepspeed_pipe): DeepSpeed's PipelineModule trained for real on 2 gloo
+ranks, and the set-up checks.
 
 Needs DeepSpeed (pinned 0.19.* in pyproject); skipped where it is not installed (the GPU box).
 """
@@ -15,6 +16,8 @@ pytest.importorskip("deepspeed")
 from labsupport import deepspeed_pipe as dsp  # noqa: E402
 from labsupport.deepspeed_pipe import _ds  # noqa: E402
 from labsupport.pipeline import one_f_one_b  # noqa: E402
+
+pytestmark = pytest.mark.lab04
 
 # lr 1e-2: large enough that AdamW's weight decay (lr·0.01 per step) moves the loss well above
 # the tolerance, so a reference with plain Adam is told apart.
@@ -158,23 +161,6 @@ def test_deepspeed_schedule_is_1f1b():
     assert abs(t.bubble_fraction() - 3 / 11) < 1e-12
 
 
-def _padding_min_max(counts, stages):
-    """A min-max split that pads with empty stages at the end (the old, wrong reference)."""
-    n = len(counts)
-    for limit in sorted({sum(counts[a:b]) for a in range(n) for b in range(a + 1, n + 1)}):
-        if limit < max(counts):
-            continue
-        parts, size = [0], 0
-        for i, c in enumerate(counts):
-            if size + c > limit and i > parts[-1]:
-                parts.append(i)
-                size = 0
-            size += c
-        parts.append(n)
-        if len(parts) - 1 <= stages:
-            return parts + [n] * (stages + 1 - len(parts))
-
-
 def _brute_force_min_max(counts, stages):
     import itertools
 
@@ -203,48 +189,6 @@ def test_min_max_parts_is_exact_and_never_leaves_a_stage_empty():
     assert dsp.parts_max_params([int(p) for p in partition_balanced(counts, 4)], counts) == 58
     assert dsp.min_max_parts([1000, 1, 1], 3) == (1000, [0, 1, 2, 3])
     assert dsp.min_max_parts([5, 0, 0, 0], 2)[1][1] in (1, 2, 3)
-
-
-def test_partition_exercise_check_accepts_and_rejects():
-    from deepspeed.runtime.utils import partition_balanced, partition_uniform
-
-    from labsupport.deepspeed_pipe._checks import check_partition_by_parameters, explain_parts
-    from labsupport.pipeline import balance_layers
-
-    check_partition_by_parameters(lambda c, s: [0] + [r.stop for r in balance_layers(len(c), s, c)])
-    check_partition_by_parameters(lambda c, s: dsp.min_max_parts(c, s)[1])
-    with pytest.raises(AssertionError, match="largest holds"):
-        check_partition_by_parameters(lambda c, s: partition_uniform(len(c), s))
-    # DeepSpeed's own answer is not always the smallest largest stage.
-    with pytest.raises(AssertionError, match=r"largest holds 58, but a split exists whose "
-                                             r"largest stage holds only 50"):
-        check_partition_by_parameters(lambda c, s: [int(p) for p in partition_balanced(c, s)])
-    # Padding with empty stages is the lab's own pitfall (section 4a).
-    with pytest.raises(AssertionError, match=r"\[0, 1, 3, 3\] leave stage\(s\) \[2\] with no layers"):
-        check_partition_by_parameters(_padding_min_max)
-    with pytest.raises(AssertionError, match="boundaries"):
-        check_partition_by_parameters(lambda c, s: [0, len(c)])
-    with pytest.raises(NotImplementedError, match="not implemented"):
-        check_partition_by_parameters(lambda c, s: (_ for _ in ()).throw(NotImplementedError()))
-    assert explain_parts([0, 1, 1, 2], [3, 4], 3) is None  # fewer layers than stages: unavoidable
-    assert "go backwards" in explain_parts([0, 2, 1, 3], [1, 1, 1], 3)
-
-
-def test_lab_reference_solution_passes_the_check():
-    """The exercise's reference answer in the lab source (it once padded with empty stages)."""
-    import ast
-    import pathlib
-
-    from labsupport.deepspeed_pipe._checks import check_partition_by_parameters
-
-    src = pathlib.Path(REPO, "solutions", "04_deepspeed_pipeline.ipynb").read_text()
-    import json
-
-    cells = ["".join(c["source"]) for c in json.loads(src)["cells"] if c["cell_type"] == "code"]
-    (code,) = [c for c in cells if "def partition_by_parameters" in c]
-    namespace = {}
-    exec(compile(ast.parse(code), "partition_by_parameters", "exec"), namespace)
-    check_partition_by_parameters(namespace["partition_by_parameters"])
 
 
 def test_boundary_shapes_show_the_wider_send():

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import random
 
-from .. import checks
+from ..checks import CheckFailure, call_student, passed
+
+__all__ = ["check_partition_by_parameters", "explain_parts"]
 
 # Layer lists to test a partition on: (description, parameters per layer, stages).
 CASES = [
@@ -73,23 +75,20 @@ def check_partition_by_parameters(student_fn, name="partition_by_parameters"):
 
     cases = CASES + _random_cases()
     for desc, counts, stages in cases:
-        try:
-            got = student_fn(list(counts), stages)
-        except NotImplementedError:
-            raise checks.not_implemented(name) from None
+        got = call_student(student_fn, list(counts), stages, name=name)
         where = f"{desc} (parameters per layer {counts}, {stages} stages)"
         problem = explain_parts(got, counts, stages)
         if problem:
-            raise AssertionError(f"{where}: {problem}")
+            raise CheckFailure(f"{where}: {problem}")
         got = [int(p) for p in got]
         best, best_parts = min_max_parts(counts, stages)
         mine = parts_max_params(got, counts)
         if mine > best:
-            raise AssertionError(
+            raise CheckFailure(
                 f"{where}: your boundaries {got} give stages of {stage_sizes(got, counts)} "
                 f"parameters; the largest holds {mine:,}, but a split exists whose largest stage "
                 f"holds only {best:,} (stages {stage_sizes(best_parts, counts)}). The slowest "
                 "(largest) stage sets the pipeline's pace: move a boundary so the biggest stage "
                 "shrinks.")
-    checks.passed(name, f"{len(cases)} layer lists; largest stage always the smallest possible, "
-                        "no empty stage")
+    passed(name, f"{len(cases)} layer lists; largest stage always the smallest possible, "
+                 "no empty stage")

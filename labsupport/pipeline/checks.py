@@ -1,11 +1,11 @@
 """Check cells of Lab 03 (pipeline bubbles): verdicts that explain the mistake.
 
 Each check runs the student's function on several (p, m), compares with the reference and
-raises AssertionError in the lab's terms (warm-up count, fraction vs relative form ...).
+raises ``CheckFailure`` in the lab's terms (warm-up count, fraction vs relative form ...).
 """
 from __future__ import annotations
 
-from ..checks import not_implemented, passed
+from ..checks import CheckFailure, call_student, passed
 from .formulas import bubble_formula, bubble_ratio
 from .schedules import Action, one_f_one_b
 from .simulate import PipelineDeadlock, simulate_actions
@@ -13,18 +13,11 @@ from .simulate import PipelineDeadlock, simulate_actions
 CASES = [(2, 1), (2, 4), (3, 2), (4, 4), (4, 8), (5, 3)]
 
 
-def _call(fn, name, *args):
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        raise not_implemented(name) from None
-
-
 def _as_pairs(order, where):
     try:
         return [tuple(Action.parse(a)[:2]) for a in order]
     except (TypeError, ValueError) as exc:
-        raise AssertionError(f"{where}: return a list of ('F', mb) / ('B', mb) tuples ({exc})")
+        raise CheckFailure(f"{where}: return a list of ('F', mb) / ('B', mb) tuples ({exc})")
 
 
 def _warmup(order):
@@ -75,17 +68,17 @@ def check_one_f_one_b_order(fn, cases=CASES):
         ref = one_f_one_b(p, m)
         rows = []
         for s in range(p):
-            got = _as_pairs(_call(fn, name, s, p, m), f"stage {s} of p={p}, m={m}")
+            got = _as_pairs(call_student(fn, s, p, m, name=name), f"stage {s} of p={p}, m={m}")
             problem = explain_order(got, [tuple(a[:2]) for a in ref[s]], s, p, m)
             if problem:
                 try:  # a wrong order may also hang a real pipeline: say so too
-                    rows = [_as_pairs(_call(fn, name, t, p, m), "") for t in range(p)]
+                    rows = [_as_pairs(call_student(fn, t, p, m, name=name), "") for t in range(p)]
                     simulate_actions(rows)
                 except PipelineDeadlock as exc:
                     problem += f"\n   and with every stage's order like yours, {exc}"
-                except (ValueError, AssertionError):
+                except (ValueError, CheckFailure):
                     pass
-                raise AssertionError(problem)
+                raise CheckFailure(problem)
     passed(name, f"every stage matches 1F1B for (p, m) in {cases}")
 
 
@@ -93,11 +86,11 @@ def check_predict_bubble(fn, cases=CASES):
     """``fn(p, m)`` must give the idle fraction (p-1)/(m+p-1) of GPipe/1F1B."""
     name = "predict_bubble"
     for p, m in cases:
-        got, want = _call(fn, name, p, m), bubble_formula(p, m)
+        got, want = call_student(fn, p, m, name=name), bubble_formula(p, m)
         try:
             got = float(got)
         except (TypeError, ValueError):
-            raise AssertionError(f"{name}({p}, {m}) returned {got!r}; return a number") from None
+            raise CheckFailure(f"{name}({p}, {m}) returned {got!r}; return a number") from None
         if abs(got - want) <= 1e-9:
             continue
         hint = ""
@@ -108,7 +101,7 @@ def check_predict_bubble(fn, cases=CASES):
             hint = " — that is the busy fraction (efficiency); the bubble is the idle part"
         elif abs(got * 100 - want * 100) > 1 and abs(got - 100 * want) <= 1e-6:
             hint = " — return a fraction in [0, 1), not a percentage"
-        raise AssertionError(f"{name}({p}, {m}) = {got:.4g}, expected {want:.4g}{hint}")
+        raise CheckFailure(f"{name}({p}, {m}) = {got:.4g}, expected {want:.4g}{hint}")
     passed(name, f"matches (p-1)/(m+p-1) for (p, m) in {cases}")
 
 
@@ -116,18 +109,18 @@ def check_smallest_m(fn, cases=((2, 0.2), (4, 0.2), (4, 0.1), (8, 0.25), (3, 0.5
     """``fn(p, target)`` = smallest m with bubble (p-1)/(m+p-1) <= target."""
     name = "smallest_m"
     for p, target in cases:
-        got = _call(fn, name, p, target)
+        got = call_student(fn, p, target, name=name)
         want = next(m for m in range(1, 10_000) if bubble_formula(p, m) <= target + 1e-12)
         if got == want:
             continue
         if not isinstance(got, int) or isinstance(got, bool) or got < 1:
-            raise AssertionError(f"{name}({p}, {target}) returned {got!r}; return a whole number >= 1")
+            raise CheckFailure(f"{name}({p}, {target}) returned {got!r}; return a whole number >= 1")
         if bubble_formula(p, got) > target + 1e-12:
-            raise AssertionError(
+            raise CheckFailure(
                 f"{name}({p}, {target}) = {got}, but with m={got} the bubble is "
                 f"{bubble_formula(p, got):.3f} > {target}: too few micro-batches (expected {want})")
         rel = next(m for m in range(1, 10_000) if bubble_ratio(p, m) <= target + 1e-12)
         hint = (" — that solves (p-1)/m <= target (the relative form); the target is on the "
                 "idle fraction (p-1)/(m+p-1)") if got == rel else " — it meets the target but is not the smallest"
-        raise AssertionError(f"{name}({p}, {target}) = {got}, expected {want}{hint}")
+        raise CheckFailure(f"{name}({p}, {target}) = {got}, expected {want}{hint}")
     passed(name, f"{len(cases)} (p, target) cases")
