@@ -8,10 +8,12 @@ joined along the last dim"), never a bare ``assert``. A student's function is ca
 """
 from __future__ import annotations
 
+import re
+
 import torch
 
 __all__ = ["CheckFailure", "assert_close", "assert_grads_match", "call_student", "check_function",
-           "explain_mismatch", "launch_check", "not_implemented", "passed"]
+           "explain_mismatch", "explain_rank_error", "launch_check", "not_implemented", "passed"]
 
 
 class CheckFailure(AssertionError):
@@ -167,13 +169,83 @@ def check_function(student_fn, reference_fn, make_inputs, *, name=None, trials=3
     passed(name, f"{trials} random trials, rtol={rtol:g}, atol={atol:g}")
 
 
+# A rank's exception, translated into the mistake it establishes: (pattern, sentence). The
+# sentence is formatted with ``rank`` and the pattern's groups; it says only what the message
+# proves (which shapes, sizes or dtypes disagree), never a guessed cause.
+_RANK_ERRORS = [
+    (r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)",
+     "rank {rank} multiplied a ({0}, {1}) matrix by a ({2}, {3}) matrix: the first one's columns "
+     "({1}) must equal the second one's rows ({2})"),
+    (r"size mismatch, got input \((\d+)\), mat \((\d+)x(\d+)\), vec \((\d+)\)",
+     "rank {rank} multiplied a ({1}, {2}) matrix by a vector of {3} elements: the matrix's "
+     "columns ({2}) must equal the vector's length ({3})"),
+    (r"Expected size for first two dimensions of batch2 tensor to be: \[(\d+), (\d+)\] but got: "
+     r"\[(\d+), (\d+)\]",
+     "rank {rank}'s batched matrix product got a second operand of (batch, rows) = ({2}, {3}) "
+     "where ({0}, {1}) was needed: the first operand's batch, and rows equal to its columns"),
+    (r"The size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\) at "
+     r"non-singleton dimension (\d+)",
+     "rank {rank} combined tensors of sizes {0} and {1} along dim {2} in an elementwise operation "
+     "(sizes must be equal, or 1 to broadcast)"),
+    (r"Sizes of tensors must match except in dimension (\d+)\. Expected size (\d+) but got size "
+     r"(\d+) for tensor number (\d+) in the list",
+     "rank {rank}'s torch.cat along dim {0} got tensor {3} of size {2} in another dim where {1} "
+     "was expected: the tensors joined must agree in every dim but dim {0}"),
+    (r"op\.preamble\.length <= op\.nbytes\. (\d+) vs (\d+)",
+     "rank {rank} received a message of {0} bytes into a buffer of {1} bytes: the two sides of a "
+     "send/recv or collective were given tensors of different sizes; compare the shape and dtype "
+     "each rank passes"),
+    (r"ProcessGroupGloo::(\w+): invalid tensor size at index (\d+) \(expected \(([^)]*)\), got "
+     r"\(([^)]*)\)\)",
+     "rank {rank}'s {0} was given a tensor of shape ({3}) at index {1} where ({2}) was expected: "
+     "the tensors of one collective must match in shape"),
+    (r"ProcessGroupGloo::(\w+): invalid output tensor list at index (\d+) \(expected length "
+     r"(\d+), got (\d+)\)",
+     "rank {rank}'s {0} got an output list of {3} tensors where {2} (one per rank) were expected"),
+    (r"Check failed: outputShape\[0\] \* worldSize == inputShape\[0\] \((\d+) vs\. (\d+)\)",
+     "rank {rank}'s reduce-scatter input has {1} rows where world size × output rows = {0}: the "
+     "input must be world_size times the output along dim 0"),
+    (r"expected m1 and m2 to have the same dtype, but got: ([^\n!]+?) != ([^\n]+?)\s*$",
+     "rank {rank} multiplied a {0} tensor by a {1} tensor: a matrix product needs one dtype "
+     "(convert one operand with .to(dtype))"),
+    (r"expected scalar type (\w+) but found (\w+)",
+     "rank {rank} mixed dtypes: an operation expected {0} and got {1}"),
+    (r"Invalid usage of tensors with different dtypes\s*Found (\S+) and\s+(\S+)",
+     "rank {rank} gave one collective tensors of different dtypes ({0} and {1}): every tensor of "
+     "one call must have the same dtype"),
+]
+
+
+def explain_rank_error(text, rank):
+    """The mistake a rank's error ``text`` (traceback or log) establishes, as one sentence naming
+    the rank, the shapes, sizes or dtypes (None when no known message is in it)."""
+    for pattern, sentence in _RANK_ERRORS:
+        found = list(re.finditer(pattern, text, flags=re.MULTILINE))
+        if found:  # the last one: in a chained traceback the final error is printed last
+            return sentence.format(*found[-1].groups(), rank=rank)
+    return None
+
+
+def _rank_failure(name, world_size, exc):
+    """CheckFailure for a rank that raised or died: the mistake on the first line (or the rank's
+    exception type and message), the launcher's report and traceback below."""
+    report = str(exc)
+    head, _, rest = report.partition("\n")
+    log = exc.outputs[exc.rank] if exc.rank is not None and exc.rank < len(exc.outputs) else ""
+    cause = explain_rank_error(exc.traceback, exc.rank) or explain_rank_error(log, exc.rank)
+    body = report if cause else rest
+    return CheckFailure(f"{name} failed with {world_size} ranks: {cause or head}\n{body}".rstrip())
+
+
 def launch_check(name, rank_fn, world_size, *args, timeout_s=20, hang_hint="", **kwargs):
     """``launch(rank_fn, world_size, ...)`` for a check cell, with a rank's failure explained.
 
     A student's ``NotImplementedError`` in any rank becomes :func:`not_implemented`; a rank that
-    waited past ``timeout_s`` in a collective or send/recv becomes a :class:`CheckFailure` naming the
-    hang and ``hang_hint`` (what usually causes it in this exercise); anything else a
-    :class:`CheckFailure` carrying the rank's traceback.
+    waited past ``timeout_s`` in a collective or send/recv becomes a :class:`CheckFailure` naming
+    the hang and ``hang_hint`` (what usually causes it in this exercise); a rank that raised or
+    died a :class:`CheckFailure` whose first line names the mistake when the error establishes it
+    (:func:`explain_rank_error`: matrix shapes, tensor or message sizes, dtypes), else the rank's
+    exception and message, with the rank's traceback below.
     """
     from .launcher import LaunchError, launch
 
@@ -186,4 +258,4 @@ def launch_check(name, rank_fn, world_size, *args, timeout_s=20, hang_hint="", *
             raise CheckFailure(
                 f"{name} hung with {world_size} ranks: a rank waited more than {timeout_s} s in "
                 f"a collective or send/recv that no peer matched. {hang_hint}".strip()) from None
-        raise CheckFailure(f"{name} failed with {world_size} ranks:\n{exc}") from None
+        raise _rank_failure(name, world_size, exc) from None
