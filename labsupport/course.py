@@ -11,6 +11,12 @@ Solutions (``solutions/NN_topic.ipynb``) are the source of truth. They use nbgra
 (same indentation), drops hidden tests and outputs, and tags the cells that must fail in a fresh
 student notebook (check cells, and exercise cells whose ``raise`` is at top level) with nbval's
 ``raises-exception``.
+
+Cell roles (:func:`cell_role`): a code cell is an *exercise* or a *check* (nbgrader's metadata, as
+above), a *demo* -- a cell that only demonstrates or measures (a sweep, a timeline, a widget, a
+benchmark) and that grading may skip, marked ``metadata["labsupport"] = {"role": "demo"}`` -- or
+*setup* (everything else, which later cells may depend on). A demo cell must never define a name
+that a later exercise or check cell needs. The build keeps the metadata in student notebooks.
 """
 from __future__ import annotations
 
@@ -70,6 +76,46 @@ def is_exercise_cell(cell):
     return bool(nbgrader_meta(cell).get("solution"))
 
 
+DEMO = "demo"
+MARKED_ROLES = (DEMO,)  # roles set in metadata["labsupport"]["role"]; the others follow nbgrader
+
+
+def labsupport_meta(cell):
+    return cell.get("metadata", {}).get("labsupport", {})
+
+
+def cell_role(cell):
+    """What a cell is for: "exercise", "check", "demo" or "setup" (code), "text" (markdown).
+
+    "demo" is ``metadata["labsupport"]["role"] == "demo"``: a solution cell that demonstrates or
+    measures and that grading may skip; "setup" is any other code cell.
+    """
+    if is_check_cell(cell):
+        return "check"
+    if is_exercise_cell(cell):
+        return "exercise"
+    if cell.get("cell_type") != "code":
+        return "text"
+    return DEMO if labsupport_meta(cell).get("role") == DEMO else "setup"
+
+
+def is_demo_cell(cell):
+    """A cell grading may skip (see :func:`cell_role`)."""
+    return cell_role(cell) == DEMO
+
+
+def _check_role(cell, where):
+    role = labsupport_meta(cell).get("role")
+    if role is None:
+        return
+    if role not in MARKED_ROLES:
+        raise BuildError(f"{where}: metadata labsupport.role is {role!r}; the only role set there "
+                         f"is {DEMO!r} (exercise and check cells carry nbgrader metadata)")
+    if cell.get("cell_type") != "code" or is_exercise_cell(cell) or is_check_cell(cell):
+        raise BuildError(f"{where}: a {DEMO!r} cell must be a plain code cell, not an exercise, "
+                         "check or markdown cell: grading may skip it")
+
+
 def _replace_regions(source, where):
     """Rewrite marked regions of one cell; returns (new source, solution raise at top level?)."""
     out, mode, top_level_raise = [], None, False
@@ -111,6 +157,7 @@ def build_student(solution_nb, name="notebook"):
             raise BuildError(f"{where} has {BEGIN_SOLUTION} but no nbgrader solution=true metadata")
         if is_check_cell(cell) and not nbgrader_meta(cell).get("grade_id"):
             raise BuildError(f"{where} is a check cell without a grade_id")
+        _check_role(cell, where)  # the role metadata itself is kept (the copy above)
         if cell.cell_type == "markdown":
             if has_solution:
                 cell.source = re.sub(rf"{BEGIN_SOLUTION}.*?{END_SOLUTION}", "YOUR ANSWER HERE",

@@ -73,6 +73,46 @@ def test_build_rejects_solution_without_metadata_and_check_without_id():
         course.build_student(new_notebook(cells=[_check("pass", grade_id="")]))
 
 
+def _demo(source):
+    cell = new_code_cell(source)
+    cell.metadata["labsupport"] = {"role": "demo"}
+    return cell
+
+
+def test_cell_roles_and_the_build_keeps_the_demo_role():
+    nb = new_notebook(cells=[
+        new_markdown_cell("# Lab"), new_code_cell("x = 1"),
+        _exercise("### BEGIN SOLUTION\ny = 2\n### END SOLUTION"), _check("assert y == 2"),
+        _demo("sweep(x)")])
+    assert [course.cell_role(c) for c in nb.cells] == ["text", "setup", "exercise", "check", "demo"]
+    assert [course.is_demo_cell(c) for c in nb.cells] == [False, False, False, False, True]
+    out = course.build_student(nb)
+    assert out.cells[4].metadata["labsupport"] == {"role": "demo"}
+    assert [course.cell_role(c) for c in out.cells] == ["text", "setup", "exercise", "check", "demo"]
+
+
+@pytest.mark.parametrize("cell, message", [
+    (_demo("x = 1"), None),
+    (new_code_cell("x = 1", metadata={"labsupport": {"role": "setup"}}), "only role set there"),
+    (new_code_cell("x = 1", metadata={"labsupport": {"role": "Demo"}}), "only role set there"),
+    (new_markdown_cell("text", metadata={"labsupport": {"role": "demo"}}), "plain code cell"),
+])
+def test_build_checks_the_role_metadata(cell, message):
+    nb = new_notebook(cells=[cell])
+    if message is None:
+        course.build_student(nb)
+    else:
+        with pytest.raises(course.BuildError, match=message):
+            course.build_student(nb)
+
+
+def test_a_demo_cell_cannot_be_an_exercise_or_a_check():
+    for cell in (_check("pass"), _exercise("### BEGIN SOLUTION\n### END SOLUTION")):
+        cell.metadata["labsupport"] = {"role": "demo"}
+        with pytest.raises(course.BuildError, match="not an exercise, check"):
+            course.build_student(new_notebook(cells=[cell]))
+
+
 def test_every_lab_has_a_student_version_and_nothing_else():
     assert SOLUTIONS, "no labs found in solutions/"
     assert [p.name for p in STUDENT] == [p.name for p in SOLUTIONS]
