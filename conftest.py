@@ -53,6 +53,21 @@ def pytest_collection_modifyitems(session, config, items):
             raise pytest.UsageError(f"nbval collected {count} of {code} code cells in {path}")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests, restored afterwards.
+
+    Tiny ops on a shared 2-core machine: OpenMP threads spin-waiting on each other cost more
+    than the work. Byte counts do not depend on threads.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_runtest_logreport(report):
     if report.when == "call" or report.skipped:
         if "::Cell " in report.nodeid:

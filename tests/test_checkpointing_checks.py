@@ -1,24 +1,13 @@
 """Lab 05's check cells (labsupport.checkpointing.checks): the reference passes, typical
 mistakes are named (measured on CPU, where byte counts are exact)."""
 import pytest
-import torch
 from torch.utils.checkpoint import checkpoint
 
 from labsupport import checkpointing as ck
 from labsupport.checkpointing import checks
 from labsupport.checks import CheckFailure
 
-pytestmark = pytest.mark.lab05
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny ops on a shared 2-core machine: OpenMP threads spin-waiting on each other cost
-    # more than the work. Byte counts do not depend on threads; restore for other test files.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.lab05, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def test_checks_pass_the_reference_and_explain_mistakes():

@@ -6,13 +6,14 @@ All models take 2-D token batches ``x: [T, d]`` (T = batch x sequence tokens) ex
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint, checkpoint_sequential
+
+from ..pipeline.partition import balance_layers
 
 # Ops whose outputs selective checkpointing keeps: the matmuls (expensive to recompute).
 MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm", "_scaled_mm")
@@ -69,16 +70,12 @@ def thin_block(d: int) -> nn.Sequential:
 
 
 def split_evenly(n: int, k: int) -> list[range]:
-    """``n`` block indices cut into ``k`` contiguous segments whose sizes differ by at most 1."""
+    """``n`` block indices cut into ``k`` contiguous segments whose sizes differ by at most 1,
+    the longer ones first: the pipeline's even split of layers into stages
+    (:func:`labsupport.pipeline.balance_layers` without costs), here in segments' words."""
     if not 1 <= k <= n:
         raise ValueError(f"need 1 <= segments <= layers, got {k} segments for {n} layers")
-    q, r = divmod(n, k)
-    out, start = [], 0
-    for i in range(k):
-        size = q + (1 if i < r else 0)
-        out.append(range(start, start + size))
-        start += size
-    return out
+    return balance_layers(n, k)
 
 
 def selective_policy(ctx, op, *args, **kwargs):

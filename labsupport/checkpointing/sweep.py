@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from ..devices import synchronize
 from ..memory import measure
 from .models import Stack
 
@@ -38,35 +39,40 @@ def segment_sweep(layers: int, d: int, tokens: int, segment_counts, *, mode="seg
     return rows
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def step_time(model, x, repeats: int = 5, forward_only: bool = False) -> float:
-    """Median seconds of ``model(x).sum().backward()`` (or forward alone) over ``repeats``
-    runs, after one warm-up run.
+def median_time(fn, device, repeats: int = 5, setup=None) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs, after one warm-up run; ``setup()``, if
+    given, runs before each, off the clock.
 
     Clock: on a GPU wall time around ``synchronize``; on a CPU the process's CPU time, so that
     other jobs sharing the cores do not inflate one run more than another (with one torch
     thread, as the lab sets, CPU time equals wall time on an idle machine).
     """
-    device = x.device
+    device = torch.device(device)
     clock = time.perf_counter if device.type == "cuda" else time.process_time
     times = []
     for i in range(repeats + 1):
-        model.zero_grad(set_to_none=True)
-        _sync(device)
+        if setup is not None:
+            setup()
+        synchronize(device)
         t0 = clock()
+        fn()
+        synchronize(device)
+        if i:
+            times.append(clock() - t0)
+    return statistics.median(times)
+
+
+def step_time(model, x, repeats: int = 5, forward_only: bool = False) -> float:
+    """Median seconds of ``model(x).sum().backward()`` (or forward alone) over ``repeats``
+    runs, after one warm-up run (:func:`median_time`'s clock)."""
+    def step():
         if forward_only:
             with torch.no_grad():
                 model(x)
         else:
             model(x).sum().backward()
-        _sync(device)
-        if i:
-            times.append(clock() - t0)
-    return statistics.median(times)
+
+    return median_time(step, x.device, repeats, setup=lambda: model.zero_grad(set_to_none=True))
 
 
 def time_modes(models: dict, x, repeats: int = 5, rounds: int = 3,

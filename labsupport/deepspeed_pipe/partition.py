@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import types
 
+from ..pipeline.partition import balance_layers
 from ._ds import import_deepspeed
 
 
@@ -117,11 +118,13 @@ def stage_sizes(parts, param_counts):
 def min_max_parts(param_counts, num_stages):
     """The exact min-max split: boundaries whose largest stage is as small as possible.
 
-    A dynamic program over "first i layers in j non-empty stages" (O(p·n²), n layers): the
-    yardstick of the Lab 04 exercise. DeepSpeed's ``partition_balanced`` solves a different
-    problem -- it minimises the *spread* (largest minus smallest stage) -- so its largest stage
-    can be bigger than this one's. Every stage gets at least one layer; with fewer layers than
-    stages the last stages are empty (nothing else is possible).
+    The yardstick of the Lab 04 exercise, computed by the pipeline lab's partitioner
+    (:func:`labsupport.pipeline.balance_layers` with the counts as costs: a dynamic program over
+    "first i layers in j non-empty stages", the most even split among the optimal ones).
+    DeepSpeed's ``partition_balanced`` solves a different problem -- it minimises the *spread*
+    (largest minus smallest stage) -- so its largest stage can be bigger than this one's. Every
+    stage gets at least one layer; with fewer layers than stages the last stages are empty
+    (nothing else is possible).
 
     Returns:
         (largest, parts): the smallest possible largest stage, and boundaries achieving it
@@ -134,25 +137,8 @@ def min_max_parts(param_counts, num_stages):
     if n <= p:
         parts = list(range(n + 1)) + [n] * (p - n)
         return (max(counts) if counts else 0), parts
-    prefix = [0]
-    for c in counts:
-        prefix.append(prefix[-1] + c)
-    inf = float("inf")
-    # best[j][i]: smallest largest stage for layers[:i] in j non-empty stages; cut[j][i]: where
-    # its last stage starts.
-    best = [[inf] * (n + 1) for _ in range(p + 1)]
-    cut = [[0] * (n + 1) for _ in range(p + 1)]
-    best[0][0] = 0
-    for j in range(1, p + 1):
-        for i in range(j, n - (p - j) + 1):
-            for k in range(j - 1, i):
-                cost = max(best[j - 1][k], prefix[i] - prefix[k])
-                if cost < best[j][i]:
-                    best[j][i], cut[j][i] = cost, k
-    parts = [n]
-    for j in range(p, 0, -1):
-        parts.append(cut[j][parts[-1]])
-    return int(best[p][n]), parts[::-1]
+    parts = [0] + [stage.stop for stage in balance_layers(n, p, costs=counts)]
+    return parts_max_params(parts, counts), parts
 
 
 def boundary_shapes(layers, parts, sample):

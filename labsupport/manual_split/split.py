@@ -21,6 +21,8 @@ import time
 import torch
 from torch import nn
 
+from ..devices import synchronize
+
 
 def split_devices(n: int = 2, verbose: bool = True) -> list[torch.device]:
     """``n`` devices for the partitions: ``cuda:0 … cuda:n-1`` when that many GPUs exist.
@@ -156,8 +158,7 @@ def timed_forward(parts, x: torch.Tensor, devices, chunks: int = 1):
         start until every device finished.
     """
     for dev in devices:
-        if torch.device(dev).type == "cuda":
-            torch.cuda.synchronize(dev)
+        synchronize(dev)
     t0 = time.perf_counter()  # before the clocks' origins, so every record ends before `wall`
     clocks = [_Clock(dev, t0) for dev in devices]
     marks = []  # (stage, microbatch, start mark, end mark)
@@ -176,8 +177,7 @@ def timed_forward(parts, x: torch.Tensor, devices, chunks: int = 1):
             outs.append(run(1, i - 1, pending))
         pending = h
     for dev in devices:
-        if torch.device(dev).type == "cuda":
-            torch.cuda.synchronize(dev)
+        synchronize(dev)
     wall = time.perf_counter() - t0
     records = [dict(stage=s, microbatch=mb, kind="F", start=clocks[s].seconds(a),
                     end=clocks[s].seconds(b)) for s, mb, a, b in marks]

@@ -10,7 +10,9 @@ def balance_layers(n_layers: int, stages: int, costs=None) -> list[range]:
     Without costs the block sizes differ by at most one, the first stages taking the extra
     layers (the same split as DeepSpeed's ``partition_method="uniform"``). With per-layer
     costs the split minimises the most expensive stage: the slowest stage sets the pace
-    of the whole pipeline.
+    of the whole pipeline; among the splits that reach that minimum it takes the most even.
+    This is the course's one partitioner: Lab 04's exact min-max split of parameter counts
+    (``deepspeed_pipe.min_max_parts``) and Lab 05's checkpoint segments use it too.
 
     Args:
         n_layers: number of layers, >= 1.
@@ -59,14 +61,15 @@ def _min_max_sizes(costs, stages):
 
     Pass 1 finds the smallest possible cost of the most expensive stage. Many splits reach
     it, some lopsided ([3, 3, 3, 1] for 10 equal layers), so pass 2 picks, among them, the
-    one with the smallest sum of squared stage costs: the most even one.
+    one with the smallest sum of squared stage costs: the most even one. Whole-number costs
+    (parameter counts) are summed exactly; float costs (times) get a rounding allowance.
     """
-    n = len(costs)
-    prefix = [0.0]
+    prefix = [0]
     for c in costs:
         prefix.append(prefix[-1] + c)
     limit = _best_split(prefix, stages, lambda cost: cost, max, float("inf"))[0]
-    limit = limit * (1 + 1e-9) + 1e-12  # float sums: allow rounding noise
+    if any(isinstance(c, float) for c in costs):
+        limit = limit * (1 + 1e-9) + 1e-12  # float sums: allow rounding noise
     _, sizes = _best_split(prefix, stages, lambda cost: cost * cost if cost <= limit
                            else float("inf"), lambda a, b: a + b, float("inf"))
     return sizes
@@ -80,7 +83,7 @@ def _best_split(prefix, stages, score, combine, inf):
     n = len(prefix) - 1
     best = [[inf] * (n + 1) for _ in range(stages + 1)]
     cut = [[0] * (n + 1) for _ in range(stages + 1)]
-    best[0][0] = 0.0
+    best[0][0] = 0
     for j in range(1, stages + 1):
         for i in range(j, n - (stages - j) + 1):  # leave >= 1 layer for each later stage
             for k in range(j - 1, i):  # stage j takes layers k..i-1

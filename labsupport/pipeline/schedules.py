@@ -166,21 +166,15 @@ def zb_h1(stages: int, microbatches: int) -> list[list[Action]]:
     W, so stage s holds at most p of them: the same peak as stage 0 of 1F1B.
     Same order as ``torch``'s ``ScheduleInterleavedZeroBubble`` with one chunk per rank.
     """
-    check_sizes(stages, microbatches)
-    p, m = stages, microbatches
     result = []
-    for s in range(p):
-        warmup = min(p - s - 1, m)
-        order = [Action("F", i) for i in range(warmup)]
-        next_w = 0
-        for i in range(m):  # i-th backward; a forward precedes it while forwards remain
-            if warmup + i < m:
-                order.append(Action("F", warmup + i))
-            order.append(Action("B", i))
-            if i >= s:  # W lags its B by s steps: fills this stage's cool-down bubble
+    for s, f_and_b in enumerate(one_f_one_b(stages, microbatches)):
+        order, next_w = [], 0
+        for action in f_and_b:  # 1F1B's F and B, in 1F1B's order, each W s steps after its B
+            order.append(action)
+            if action.kind == "B" and action.microbatch >= s:
                 order.append(Action("W", next_w))
                 next_w += 1
-        order += [Action("W", i) for i in range(next_w, m)]
+        order += [Action("W", i) for i in range(next_w, microbatches)]
         result.append(order)
     return result
 
