@@ -289,6 +289,12 @@ def test_plots_render(tmp_path):
     assert "bubble" in ax.get_title()
     ax = plot_bubble_vs_m(stages=2, microbatches=(2, 4))
     ax.figure.savefig(tmp_path / "b.png")
+    # Measured points beside the simulation fed with each run's own costs (Lab 03).
+    ax = plot_bubble_vs_m(2, (1, 2), ("gpipe",), measured={"gpipe": {1: 0.55, 2: 0.4}},
+                          costs=lambda name, m: {"forward": [1.0, 1.0], "backward": [2.0, 2.0]})
+    assert [line.get_label() for line in ax.get_lines()] == [
+        "measured gpipe", "simulated gpipe", "(p-1)/(m+p-1)"]
+    assert list(ax.get_lines()[1].get_ydata()) == [0.5, 1 / 3]  # B = 2F: the formula again
     import matplotlib.pyplot as plt
     plt.close("all")
 

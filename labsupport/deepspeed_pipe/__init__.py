@@ -10,30 +10,20 @@ DeepSpeed is imported lazily (inside the functions), with ``DS_ACCELERATOR=cpu``
 without CUDA, so ``import labsupport.deepspeed_pipe`` works where DeepSpeed is not installed.
 As a script (torchrun / the deepspeed launcher): ``python -m labsupport.deepspeed_pipe --help``.
 """
+from .. import _lazy
 from .config import explain_batch_config, make_config, validate_batch_config
 
-_LAZY = {
-    "import_deepspeed": "_ds", "skip_shm_comm_op": "_ds", "init_deepspeed_comm": "_ds",
-    "seed_layer_specs": "partition", "deepspeed_parts": "partition",
-    "layer_param_counts": "partition", "partition_table": "partition",
-    "format_partition_table": "partition", "check_every_stage_has_parameters": "partition",
-    "parts_max_params": "partition", "stage_sizes": "partition", "min_max_parts": "partition",
-    "boundary_shapes": "partition",
-    "instruction_stream": "schedule", "deepspeed_grid": "schedule",
-    "deepspeed_actions": "schedule", "deepspeed_timeline": "schedule",
-    "format_instruction_stream": "schedule",
-    "train_pipeline": "train", "run_deepspeed_pipeline": "train", "make_batches": "train",
-    "reference_model": "train", "reference_optimizer": "train", "reference_losses": "train",
-    "measured_timeline": "report", "loss_table": "report", "plot_losses": "report",
-    "plot_step_times": "report",
-}
+# Everything that needs DeepSpeed (or the launcher) is imported on first use.
+__getattr__, __dir__, _LAZY = _lazy.lazy_names(__name__, {
+    "_ds": ("import_deepspeed", "skip_shm_comm_op", "init_deepspeed_comm"),
+    "partition": ("seed_layer_specs", "deepspeed_parts", "layer_param_counts", "partition_table",
+                  "format_partition_table", "check_every_stage_has_parameters",
+                  "parts_max_params", "stage_sizes", "min_max_parts", "boundary_shapes"),
+    "schedule": ("instruction_stream", "deepspeed_grid", "deepspeed_actions",
+                 "deepspeed_timeline", "format_instruction_stream"),
+    "train": ("train_pipeline", "run_deepspeed_pipeline", "make_batches", "reference_model",
+              "reference_optimizer", "reference_losses"),
+    "report": ("measured_timeline", "loss_table", "plot_losses", "plot_step_times"),
+})
 
 __all__ = ["make_config", "validate_batch_config", "explain_batch_config", *_LAZY]
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

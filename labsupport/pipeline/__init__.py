@@ -12,6 +12,7 @@ The real executor (GPipe / 1F1B on p ranks with send/recv; needs torch) lives in
 ``executor.py`` (what each rank runs) and ``run.py`` (checks, split, launch); its names
 (``run_pipeline``, ``run_pipelines``, ``make_mlp``, ...) are imported on first use.
 """
+from .. import _lazy
 from .formulas import bubble_formula, bubble_ratio
 from .partition import balance_layers
 from .plot import plot_bubble_vs_m, plot_timeline
@@ -20,20 +21,15 @@ from .schedules import (SCHEDULES, Action, gpipe, interleaved, one_f_one_b, sche
 from .simulate import PipelineDeadlock, simulate, simulate_actions, validate
 from .timeline import Event, Timeline
 
+# The executor's names need torch and the launcher: imported on first use.
+__getattr__, __dir__, _EXECUTOR = _lazy.lazy_names(__name__, {"run": (
+    "run_pipeline", "run_pipelines", "make_mlp", "split_model", "check_actions", "check_batch",
+    "single_device_grads", "measured_stage_costs", "events_follow", "PipelineResult",
+    "time_stage_costs", "single_process_ms")})
+
 __all__ = [
     "SCHEDULES", "Action", "Event", "PipelineDeadlock", "Timeline", "balance_layers",
     "bubble_formula", "bubble_ratio", "gpipe", "interleaved", "one_f_one_b",
     "plot_bubble_vs_m", "plot_timeline", "schedule_actions", "simulate", "simulate_actions",
-    "validate", "zb_h1",
+    "validate", "zb_h1", *_EXECUTOR,
 ]
-
-_EXECUTOR = ("run_pipeline", "run_pipelines", "make_mlp", "split_model", "check_actions",
-             "check_batch", "single_device_grads", "measured_stage_costs", "events_follow",
-             "PipelineResult", "time_stage_costs", "single_process_ms")
-
-
-def __getattr__(name):  # lazy: importing torch only when the executor is used
-    if name in _EXECUTOR:
-        from . import run
-        return getattr(run, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

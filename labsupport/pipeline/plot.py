@@ -86,7 +86,7 @@ def _min_duration(timeline) -> float:
 
 def plot_bubble_vs_m(stages: int = 4, microbatches=(1, 2, 4, 8, 16, 32),
                      schedules=("1f1b", "interleaved", "zb-h1"), chunks: int = 2,
-                     ax=None, **costs):
+                     ax=None, measured=None, costs=None):
     """Simulated bubble fraction against the number of micro-batches m, one line per schedule.
 
     Dashed lines show the closed forms ``(p-1)/(m+p-1)`` and ``(p-1)/(v*m+p-1)``, which
@@ -95,7 +95,12 @@ def plot_bubble_vs_m(stages: int = 4, microbatches=(1, 2, 4, 8, 16, 32),
 
     Args:
         stages: pipeline stages p. microbatches: the m values. schedules: names to compare.
-        chunks: v for 'interleaved'. ax: Axes or None. **costs: passed to ``simulate``.
+        chunks: v for 'interleaved'. ax: Axes or None.
+        measured: optional ``{schedule: {m: bubble fraction}}`` from real runs, drawn as points
+            beside that schedule's simulated line.
+        costs: the per-stage costs ``simulate`` gets: one dict for every point, or a function
+            ``(schedule, m) -> dict`` (e.g. the costs measured in that very run); default
+            unit costs.
 
     Returns:
         The matplotlib Axes.
@@ -105,11 +110,18 @@ def plot_bubble_vs_m(stages: int = 4, microbatches=(1, 2, 4, 8, 16, 32),
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4))
     ms = sorted(microbatches)
+    costs_of = costs if callable(costs) else (lambda name, m: costs or {})
     for name in schedules:
         xs = [m for m in ms if name != "interleaved" or m % stages == 0]
-        ys = [simulate(name, stages, m, chunks=chunks, **costs).bubble_fraction() for m in xs]
+        ys = [simulate(name, stages, m, chunks=chunks, **costs_of(name, m)).bubble_fraction()
+              for m in xs]
         label = f"{name} (v={chunks})" if name == "interleaved" else name
-        ax.plot(xs, ys, marker="o", label=label)
+        if measured is not None and name in measured:
+            points = sorted(measured[name].items())
+            line, = ax.plot(*zip(*points), "o", ms=7, label=f"measured {label}")
+            ax.plot(xs, ys, "-", color=line.get_color(), alpha=0.6, label=f"simulated {label}")
+        else:
+            ax.plot(xs, ys, marker="o", label=label)
     ax.plot(ms, [bubble_formula(stages, m) for m in ms], "k--", lw=1, label="(p-1)/(m+p-1)")
     if "interleaved" in schedules:
         ax.plot(ms, [bubble_formula(stages, m, chunks) for m in ms], "k:", lw=1,
