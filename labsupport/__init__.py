@@ -2,8 +2,9 @@
 
 Plumbing lives here so the labs can show the concept: ``launch`` runs a function on N ranks,
 one subpackage per lab holds its models, measurements, figures and check cells
-(``labsupport.<subpackage>.checks``), and ``checks`` is the toolkit those check cells share. Heavy optional packages (DeepSpeed, Jupyter, ipywidgets, matplotlib) are imported lazily,
-so ``import labsupport`` needs torch alone.
+(``labsupport.<subpackage>.checks``), and ``checks`` is the toolkit those check cells share.
+Heavy optional packages (DeepSpeed, Jupyter, ipywidgets, matplotlib) are imported lazily, so
+``import labsupport`` needs torch alone.
 """
 from .devices import describe_hardware, hardware_report
 from .launcher import LaunchError, launch, progress

@@ -12,20 +12,10 @@ from torch.utils.checkpoint import CheckpointPolicy
 from labsupport import checkpointing as ck
 from labsupport.memory import measure
 
-pytestmark = pytest.mark.lab05
+pytestmark = [pytest.mark.lab05, pytest.mark.usefixtures("one_torch_thread")]
 
 T, D = 256, 32
 X = T * D * 4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny ops on a shared 2-core machine: OpenMP threads spin-waiting on each other cost
-    # more than the work. Byte counts do not depend on threads; restore for other test files.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _grads(model):
@@ -167,3 +157,46 @@ def test_plot_and_explorer_build_headless(monkeypatch):
     sliders[1].value = 2                       # move "segments k": the figure is redrawn
     assert len(figures) == 2 and "k=2" in [t.get_text() for t in
                                           figures[-1].axes[1].get_xticklabels()]
+
+
+def test_segment_table_puts_the_model_beside_the_sweep():
+    L, d, tokens = 4, 16, 64
+    rows = ck.segment_sweep(L, d, tokens, [0, 1, 2, 4], device=torch.device("cpu"))
+    x, a, g = ck.block_units(rows, L, d, tokens, "wide")
+    assert x == tokens * d * 4 and a == rows[0]["after_forward"] / L
+    assert g == sum(p.numel() * 4 for p in ck.wide_block(d).parameters())
+    table = ck.segment_table(rows, L, x, a, g)
+    assert table[0]["model"] is None and table[0]["above"] is None
+    for r in table[1:]:
+        model = ck.segment_memory(L, r["segments"], x, a, g)
+        assert r["model"] == model
+        assert r["above"] == (r["backward_peak"] - model["backward_peak"]) / x
+    text = ck.format_segment_table("wide stack, L=4", table, x, a, g).splitlines()
+    assert text[0].startswith("wide stack, L=4: x = ") and "a/x = " in text[0]
+    assert text[1].split() == ["k", "after", "fwd", "model", "k·x", "bwd", "peak", "model"]
+    assert text[2].split()[0] == "none" and text[2].split()[2] == "nan"
+    assert len(text) == 2 + len(rows) + 1
+    assert text[-1].startswith("  after forward = k·x exactly at every k; backward peak above")
+    ck.assert_segment_model(table, x, exact=True)   # the CPU's exact byte counts
+
+
+def test_segment_model_check_names_the_row_that_breaks_it():
+    x = 1000.0
+    table = [{"segments": 0, "after_forward": 5000, "backward_peak": 9000, "model": None,
+              "above": None},
+             {"segments": 2, "after_forward": 2000, "backward_peak": 4000,
+              "model": {"after_forward": 2000, "backward_peak": 3000}, "above": 1.0}]
+    ck.assert_segment_model(table, x, exact=True)
+    table[1]["after_forward"] = 2004
+    with pytest.raises(AssertionError, match="k=2: 2004 bytes held after forward, model k·x = 2000"):
+        ck.assert_segment_model(table, x, exact=True)
+    ck.assert_segment_model(table, x, exact=False)   # a GPU allocator's rounding is allowed
+    table[1]["after_forward"], table[1]["above"] = 2000, -0.5
+    with pytest.raises(AssertionError, match="backward peak above the model by"):
+        ck.assert_segment_model(table, x, exact=True)
+
+
+def test_median_time_runs_setup_off_the_clock():
+    calls = []
+    t = ck.median_time(lambda: calls.append("fn"), "cpu", repeats=3, setup=lambda: calls.append("setup"))
+    assert calls == ["setup", "fn"] * 4 and t >= 0   # one warm-up, then 3 timed runs

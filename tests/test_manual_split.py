@@ -160,3 +160,40 @@ def test_simulated_step_uses_measured_pass_costs():
     timeline = ms.simulated_step(per_rank, 4)
     # GPipe, p=2, m=4, F=1, B=2: (m + p - 1) * (F + B) = 15
     assert timeline.makespan == pytest.approx(15.0)
+
+
+def _synthetic_run(step_by_chunks):
+    """Two ranks' pipeline_rank results with one repeat of the given step time per chunk count."""
+    def rec(stage, t):
+        return [dict(stage=stage, kind="F", microbatch=0, start=0.0, end=t, cpu=t)]
+    return [dict(times={m: [t] for m, t in step_by_chunks.items()},
+                 records={m: [rec(s, t)] for m, t in step_by_chunks.items()}) for s in (0, 1)]
+
+
+def test_measure_pipeline_ranks_measures_again_only_when_chunks_did_not_pay(monkeypatch, capsys):
+    import labsupport.launcher
+
+    launches = []
+
+    def fake_launch(fn, world_size, *args, **kwargs):
+        launches.append((fn, world_size, args, kwargs))
+        return runs[len(launches) - 1]
+
+    monkeypatch.setattr(labsupport.launcher, "launch", fake_launch)
+    slow, fast = _synthetic_run({1: 1.0, 4: 0.95}), _synthetic_run({1: 1.0, 4: 0.5})
+    runs = [slow, fast]
+    per_rank, speedups, step, share = ms.measure_pipeline_ranks({"d_in": 6}, 12, (1, 4))
+    assert per_rank is fast and speedups == {1: 1.0, 4: 2.0} and step == {1: 1.0, 4: 0.5}
+    assert share == pytest.approx(1.0) and len(launches) == 2
+    assert launches[0][:2] == (ms.pipeline_rank, 2)
+    assert launches[0][3] == dict(batch=12, chunk_counts=(1, 4), repeats=5)
+    assert "attempt 1: best speedup with >= 4 chunks 1.05, ranks got 100% of a core — measuring " \
+           "again" in capsys.readouterr().out
+    launches.clear()
+    runs = [fast]       # a good first run: one launch
+    assert ms.measure_pipeline_ranks({"d_in": 6}, 12, (1, 4))[0] is fast and len(launches) == 1
+    launches.clear()
+    runs = [slow]       # attempts=1 (GPUs): never again, whatever the speed-up
+    assert ms.measure_pipeline_ranks({"d_in": 6}, 12, (1, 4), attempts=1)[1][4] == \
+        pytest.approx(1 / 0.95)
+    assert len(launches) == 1 and "measuring again" not in capsys.readouterr().out

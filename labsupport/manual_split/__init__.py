@@ -10,11 +10,12 @@ partition), ``plot`` (Gantt charts, speedup), ``ranks`` (the halves as two proce
 send/recv), ``checks`` (the exercises' check cells).
 """
 from .plot import gantt, overlap_seconds, plot_speedup
-from .ranks import core_share, merged_records, pipeline_rank, simulated_step, step_times
+from .ranks import (core_share, measure_pipeline_ranks, merged_records, pipeline_rank,
+                    simulated_step, step_times)
 from .split import (chunked_forward, make_mlp, partition_memory, split_devices, split_forward,
                     split_model, split_point, timed_forward, train_step)
 
-__all__ = ["chunked_forward", "core_share", "gantt", "make_mlp", "merged_records",
-           "overlap_seconds", "partition_memory", "pipeline_rank", "plot_speedup",
-           "simulated_step", "split_devices", "split_forward", "split_model", "split_point",
-           "step_times", "timed_forward", "train_step"]
+__all__ = ["chunked_forward", "core_share", "gantt", "make_mlp", "measure_pipeline_ranks",
+           "merged_records", "overlap_seconds", "partition_memory", "pipeline_rank",
+           "plot_speedup", "simulated_step", "split_devices", "split_forward", "split_model",
+           "split_point", "step_times", "timed_forward", "train_step"]
