@@ -30,7 +30,7 @@ def resolve_backend(world_size, backend=None):
             f"backend='nccl' needs one GPU per rank: {world_size} ranks but {gpus} GPU(s) visible. "
             f"Use world_size<={gpus} or backend='gloo' (CPU processes stand in for GPUs)."
             if gpus else
-            f"backend='nccl' needs one GPU per rank, but no GPU is visible. "
+            "backend='nccl' needs one GPU per rank, but no GPU is visible. "
             "Use backend='gloo' (or leave backend=None) to run on CPU processes.")
     return backend
 
