@@ -434,7 +434,10 @@ def _wrappers_rank(rank, world_size):
         m = DDP(model(), gradient_as_bucket_view=view)
         out[f"ddp view={view}"] = run(m, torch.optim.Adam(m.parameters()))
     m = DDP(model(), gradient_as_bucket_view=True)
-    out["zero1"] = run(m, ZeroRedundancyOptimizer(m.parameters(), optimizer_class=torch.optim.Adam))
+    zero = ZeroRedundancyOptimizer(m.parameters(), optimizer_class=torch.optim.Adam)
+    out["zero1"] = run(m, zero)
+    zero.zero_grad()
+    out["zero1 measure"] = measure(m, x, optimizer=zero)   # measure itself looks inside too
     m = model()
     for layer in (m[0], m[2]):
         fully_shard(layer)
@@ -461,6 +464,7 @@ def test_model_state_knows_ddp_buckets_zero_redundancy_and_fsdp2_shards():
         (s, naive) = out["zero1"]
         # whole parameters per rank: each rank owns one weight and one bias
         assert s.optimizer_state == 2 * P // 2 + 4 * 2 and naive["optimizer_state"] == 0
+        assert out["zero1 measure"].breakdown["optimizer_state"] == s.optimizer_state
         (s, naive) = out["fsdp2"]
         assert (s.parameters, s.gradients) == (P // 2, P // 2) and naive["parameters"] == P
         assert s.optimizer_state == 2 * P // 2 + 4 * 4

@@ -11,9 +11,10 @@ Four recipes, all with Adam (the ZeRO paper's K counts the optimizer's fp32 byte
                                                                                  below bf16's spacing vanish)
 
 bf16 keeps fp32's 8-bit exponent (no loss scaling needed, unlike fp16) but only 8 significant
-bits: a value is rounded to within 2^-9 ≈ 0.2 % of itself. A weight of 0.05 moves in steps of
-2^-13 ≈ 1.2e-4 in bf16; an update smaller than half that step is lost. Hence the fp32 master
-copy: the update lands on the fp32 weight, and the bf16 copy used for compute is re-derived.
+bits: a value is rounded to within 2^-8 ≈ 0.4 % of itself. A weight of 0.05 (in [2^-5, 2^-4))
+moves in steps of 2^-12 ≈ 2.4e-4 in bf16; an update smaller than half that step is lost. Hence
+the fp32 master copy: the update lands on the fp32 weight, and the bf16 copy used for compute is
+re-derived from it.
 """
 from __future__ import annotations
 
