@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 
 import labsupport
+from labsupport.checks import CheckFailure
+from labsupport import data_parallel as dp
 from labsupport.data_parallel import checks
 
 pytestmark = pytest.mark.lab06
@@ -56,6 +58,7 @@ def ar_missing(model, world_size):
 
 
 AR_ANSWERS = {
+    "reference": (dp.allreduce_gradients, None),
     "in place": (ar_in_place, None),
     "divide first": (ar_divide_first, None),
     "one bucket": (ar_one_bucket, None),
@@ -84,7 +87,7 @@ def test_allreduce_check_verdicts():
 def test_allreduce_check_end_to_end(capsys):
     checks.check_allreduce_gradients(ar_divide_first, world_sizes=(4,))
     assert "allreduce_gradients: correct" in capsys.readouterr().out
-    with pytest.raises(checks.CheckFailure, match="with 2 ranks: on rank 0 of 2 the gradient of 0.weight is 2× too large"):
+    with pytest.raises(CheckFailure, match="with 2 ranks: on rank 0 of 2 the gradient of 0.weight is 2× too large"):
         checks.check_allreduce_gradients(ar_sum_not_mean, world_sizes=(2,))
 
 
@@ -151,6 +154,7 @@ def z1_whole_vector(flat_param, flat_grad, rank, world_size, update_shard):
 
 
 Z1_ANSWERS = {
+    "reference": (dp.zero1_step, None),
     "all_gather_single": (z1_all_gather, None),
     "broadcasts": (z1_broadcasts, None),
     "list on copy": (z1_list_on_copy, None),
@@ -183,5 +187,5 @@ def test_zero1_check_verdicts():
 def test_zero1_check_end_to_end(capsys):
     checks.check_zero1_step(z1_broadcasts, world_sizes=(4,))
     assert "zero1_step: correct" in capsys.readouterr().out
-    with pytest.raises(checks.CheckFailure, match="all-gather of the updated shards is missing"):
+    with pytest.raises(CheckFailure, match="all-gather of the updated shards is missing"):
         checks.check_zero1_step(z1_no_all_gather, world_sizes=(2,))

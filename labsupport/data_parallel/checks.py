@@ -2,26 +2,22 @@
 
 Each check launches gloo CPU ranks whatever the machine has (the verdict must not depend on
 it), runs the student's function in every rank on fresh data, and compares with the reference
-computed there. A wrong answer gets a verdict that names the mistake; the judging runs in the
-ranks (``judge_*``) and returns ``(status, message)`` so that tests can drive it directly.
+computed there. A wrong answer gets a verdict (a ``CheckFailure``) that names the mistake; the
+judging runs in the ranks (``judge_*``) and returns ``(status, message)`` so that tests can
+drive it directly. The student's function is called through ``call_student``: an unfinished
+exercise becomes "not implemented yet" (``launch_check`` carries it out of the ranks).
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
-from ..checks import explain_mismatch, launch_check, not_implemented, passed
+from ..checks import CheckFailure, call_student, explain_mismatch, launch_check, passed
 from .batch import check_batch, shard_bounds, split_batch
 from .manual import make_data, make_model, single_process
 
-try:  # the shared check-failure type of the conventions issue (#10), once it has landed
-    from ..checks import CheckFailure
-except ImportError:  # pragma: no cover - until then a local one with the same contract
-    class CheckFailure(AssertionError):
-        """A check's verdict: the message names the mistake."""
-
 __all__ = ["check_allreduce_gradients", "check_zero1_step", "judge_allreduce_gradients",
-           "judge_zero1_step", "CheckFailure"]
+           "judge_zero1_step"]
 
 _GLOO = dict(backend="gloo")   # same verdict on a laptop, in CI and on a GPU node
 
@@ -54,9 +50,7 @@ def judge_allreduce_gradients(rank, world_size, student_fn, layers=3, width=24, 
     real, spy = _spy_all_reduce(calls)
     dist.all_reduce = spy
     try:
-        student_fn(model, world_size)
-    except NotImplementedError:
-        return ("not_implemented", None)
+        call_student(student_fn, model, world_size, name="allreduce_gradients")
     finally:
         dist.all_reduce = real
     where = f"on rank {rank} of {world_size}"
@@ -192,9 +186,7 @@ def judge_zero1_step(rank, world_size, student_fn, numel=4096, seed=0):
     flat_param, flat_grad, update = p0.clone(), g0.clone(), _ShardUpdate()
     restore, size_error = _guard_all_gather(hi - lo), None
     try:
-        student_fn(flat_param, flat_grad, rank, world_size, update)
-    except NotImplementedError:
-        return ("not_implemented", None)
+        call_student(student_fn, flat_param, flat_grad, rank, world_size, update, name="zero1_step")
     except _WrongShardSize as exc:
         size_error = str(exc)
     finally:
@@ -259,9 +251,6 @@ def check_zero1_step(student_fn, world_sizes=(2, 4), cases=Z1_CASES):
 
 
 def _verdict(name, world_size, results):
-    for status, message in results:
-        if status == "not_implemented":
-            raise not_implemented(name)
     for status, message in results:
         if status != "ok":
             raise CheckFailure(f"{name} with {world_size} ranks: {message}")

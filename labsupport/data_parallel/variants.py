@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..devices import rank_device, synchronize
+from ..devices import is_nccl, rank_device, synchronize
 from ..formulas.zero import VARIANT_STAGE
 from ..memory import model_state, naive_model_state, track_step
 from ..tensor_parallel import count_collectives, loopback_bytes
@@ -33,11 +33,6 @@ from .zero import Zero2
 VARIANTS = tuple(VARIANT_STAGE)
 LABELS = {"dp": "DP (DDP)", "dp_bucket_view": "DP (DDP, bucket view)", "zero1": "ZeRO-1",
           "zero2": "ZeRO-2", "zero3": "ZeRO-3 (FSDP2)", "zero3_bf16": "ZeRO-3, bf16 (FSDP2)"}
-
-
-def is_nccl(group=None) -> bool:
-    """Does this group run NCCL? (groups are "cpu:gloo,cuda:nccl" on GPU nodes)."""
-    return dist.is_initialized() and "nccl" in str(dist.get_backend(group))
 
 
 def build_variant(name: str, model: nn.Module, lr: float = 1e-3, bucket_cap_mb: float = 25):
