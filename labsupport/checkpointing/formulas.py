@@ -9,7 +9,8 @@ import math
 
 # Korthikanti et al.'s formula and the Lab 05 block's terms live in the torch-free
 # labsupport.formulas.activations (shared with the planner); re-exported here.
-from ..formulas.activations import korthikanti_bytes, transformer_block_bytes, transformer_block_terms
+from ..formulas.activations import (  # noqa: F401  (re-exported)
+    korthikanti_bytes, transformer_block_bytes, transformer_block_terms)
 
 
 def predict_mlp_saved_bytes(tokens: int, d: int, h: int, checkpoint_middle: bool,
