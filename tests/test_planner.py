@@ -190,7 +190,9 @@ def toy_results():
     pytest.importorskip("torch")
     from labsupport.planner import toy
 
-    return toy.run_toy(wire_repeats=2)
+    # The loopback counter is one per host: other processes can only add to it, so the least
+    # of several steps is the step's own traffic.
+    return toy.run_toy(wire_repeats=5)
 
 
 def test_toy_layouts_predicted_within_5_percent(toy_results):
@@ -211,7 +213,10 @@ def test_toy_layouts_predicted_within_5_percent(toy_results):
             assert row["handed_measured"] == pytest.approx(row["handed_predicted"]), name
         if cmp["host_measured"] is not None and cmp["host_predicted"]:
             assert cmp["smallest_message"] >= 2**20
-            assert cmp["host_measured"] == pytest.approx(cmp["host_predicted"], rel=0.05), name
+            assert cmp["host_measured"] == pytest.approx(cmp["host_predicted"], rel=0.05), (
+                f"{name}: loopback saw {cmp['host_measured']} bytes in the least busy of 5 steps, "
+                f"predicted {cmp['host_predicted']:.0f}; more means other processes used "
+                "loopback during every step (rerun on a quiet host), less means a lost count")
     print(toy.format_comparison(toy_results))
 
 

@@ -229,9 +229,10 @@ def _run_entry(rank, model, layout, seed, wire_repeats):
         if c.op not in ("barrier", "recv"):  # the planner counts what each rank sends
             handed[c.op] += c.bytes
             calls[c.op] += 1
-    deltas, times = [], []
+    deltas, times, rates = [], [], []
     for _ in range(wire_repeats):
         module.zero_grad(set_to_none=True)
+        rates.append(_matmul_rate(b * model.seq_len, model.hidden, model.ffn))
         dist.barrier()
         before = loopback_bytes()
         dist.barrier()  # nobody starts sending before rank 0 has read the counter
@@ -246,4 +247,33 @@ def _run_entry(rank, model, layout, seed, wire_repeats):
             "bytes": {k: report.breakdown[v] for k, v in CATEGORIES.items()},
             "handed": dict(handed), "calls": dict(calls),
             "lo_bytes": min(deltas) if deltas and rank == 0 else None,
-            "step_ms": statistics.median(times) if times else float("nan")}
+            "step_ms": statistics.median(times) if times else float("nan"),
+            # This rank's machine, measured between the timed steps (same load as the steps):
+            "matmul_flops": statistics.median(rates) if rates else float("nan"),
+            "allreduce_Bps": _allreduce_rate() if dist.get_world_size() > 1 else None}
+
+
+def _matmul_rate(tokens, h, f):
+    """FLOP/s of one toy-shaped fp32 matmul, [tokens, h] @ [h, f], on this rank's thread."""
+    x, w = torch.randn(tokens, h), torch.randn(h, f)
+    x @ w
+    start = time.perf_counter()
+    x @ w
+    return 2 * tokens * h * f / (time.perf_counter() - start)
+
+
+def _allreduce_rate(nbytes=2**20, repeats=5):
+    """Ring bytes per rank per second of a 1 MiB all-reduce over all ranks (median)."""
+    import torch.distributed as dist
+
+    from ..formulas.collectives import ring_bytes
+
+    buf, rates = torch.ones(nbytes // 4), []
+    dist.all_reduce(buf)
+    for _ in range(repeats):
+        dist.barrier()
+        start = time.perf_counter()
+        dist.all_reduce(buf)
+        rates.append(ring_bytes("all_reduce", nbytes, dist.get_world_size())
+                     / (time.perf_counter() - start))
+    return statistics.median(rates)
