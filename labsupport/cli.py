@@ -74,6 +74,46 @@ def cmd_check(args):
     return 0
 
 
+def cmd_plan(args):
+    """Rank the layouts of a model on a cluster by estimated step time (labsupport.planner)."""
+    import json
+
+    from . import planner
+    from .planner import report
+
+    try:
+        model = planner.preset(args.model)
+        if args.seq_len is not None:
+            model = model.with_(seq_len=args.seq_len)
+        cluster = planner.cluster(
+            args.gpu, args.gpus, gpus_per_node=args.gpus_per_node,
+            gpu_memory_gib=args.gpu_mem, peak_tflops=args.peak_tflops,
+            intra_node_GBps=args.intra_node_GBps, inter_node_GBps=args.inter_node_GBps,
+            efficiency=args.efficiency)
+        if args.top < 1:
+            raise ValueError(f"--top must be >= 1, got {args.top}")
+        found = planner.search(model, cluster, args.global_batch, precision=args.precision)
+    except ValueError as exc:
+        print(f"labs plan: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"model": model.as_dict(), "cluster": cluster.as_dict(),
+                          "global_batch": args.global_batch, "layouts": report.rows(found[:args.top]),
+                          "fitting_layouts": len(found)}, indent=2))
+        return 0 if found else 1
+    print(report.describe(model, cluster, args.global_batch))
+    if not found:
+        closest = planner.search(model, cluster, args.global_batch, precision=args.precision,
+                                 include_unfit=True)
+        closest.sort(key=lambda c: c.peak)
+        print(f"\nno layout fits: the smallest peak is {closest[0].peak / 2**30:.1f} GiB "
+              f"({closest[0].layout.label()}); add GPUs, GPU memory or shorten the sequence")
+        return 1
+    print(f"\n{len(found)} layouts fit; the {min(args.top, len(found))} fastest:\n")
+    print(report.table(found[:args.top]))
+    return 0
+
+
 def cmd_open(args):
     """Start JupyterLab on the student notebooks (or the solutions, for instructors)."""
     folder = course.repo_root() / ("solutions" if args.solutions else "notebooks")
@@ -111,6 +151,24 @@ def main(argv=None):
 
     p = sub.add_parser("check", help="report CPUs, GPUs, the distributed backend and versions")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("plan", help="rank the layouts of a model on a cluster (memory, step time)")
+    p.add_argument("--model", required=True, help="llama2-7b, llama2-13b, llama2-70b or gpt3-175b")
+    p.add_argument("--gpus", type=int, required=True, help="GPUs in all")
+    p.add_argument("--global-batch", type=int, required=True, help="sequences per step")
+    p.add_argument("--seq-len", type=int, help="sequence length (default: the model's)")
+    p.add_argument("--gpu", default="h100", help="GPU preset with datasheet figures: h100 "
+                   "(default), h200, a100, a100-40")
+    p.add_argument("--gpus-per-node", type=int, help="GPUs per node (preset: 8)")
+    p.add_argument("--gpu-mem", type=float, help="GiB per GPU (overrides the preset)")
+    p.add_argument("--peak-tflops", type=float, help="dense peak TFLOP/s per GPU (overrides)")
+    p.add_argument("--intra-node-GBps", type=float, help="GB/s per GPU and direction in a node")
+    p.add_argument("--inter-node-GBps", type=float, help="GB/s per GPU and direction between nodes")
+    p.add_argument("--efficiency", type=float, help="share of the peak the matmuls reach (default 1)")
+    p.add_argument("--precision", default="bf16-mixed", choices=["bf16-mixed", "fp32"])
+    p.add_argument("--top", type=int, default=10, help="how many layouts to print (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("open", help="open the course in JupyterLab")
     p.add_argument("--solutions", action="store_true", help="open the instructor solutions")

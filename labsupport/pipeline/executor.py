@@ -150,14 +150,19 @@ def run_stage(module: nn.Module, batch: torch.Tensor, targets: torch.Tensor, mic
                 losses[i] = loss_fn(y, targets[i * mb_size:(i + 1) * mb_size]) / microbatches
             inputs[i], outputs[i] = x, y
             send, peer, group = y.detach(), stage + 1, None if last else links["F"][stage]
+            # Only inputs/outputs (until B) and losses may hold a micro-batch: a local name
+            # would keep it -- and through its graph the received input -- a pass longer.
+            del x, y
         else:
             if not last:  # d(loss)/d(our output) from stage s+1
                 grad = receive(k)
             sync()
             start = time.perf_counter_ns()
             if last:
-                losses[i].backward()
-                total_loss = losses[i].detach() + (0 if total_loss is None else total_loss)
+                loss = losses.pop(i)  # its graph holds the received input: drop it after B
+                loss.backward()
+                total_loss = loss.detach() + (0 if total_loss is None else total_loss)
+                del loss
             else:
                 outputs[i].backward(grad)
             send, peer, group = inputs.pop(i).grad, stage - 1, None if first else links["B"][stage - 1]
