@@ -65,8 +65,8 @@ def check_run(run: RunConfig, world_size: int | None = None) -> None:
             f"product is {world_size}")
     tp = lay.tp
     for what, size, fix in (
-            ("number of heads", cfg.n_head, "n_head"),
             ("hidden size", cfg.n_embd, "n_embd"),
+            ("number of heads", cfg.n_head, "n_head"),
             ("vocabulary size", cfg.vocab_size, "vocab_size (pad it: padded_vocab_size)")):
         if size % tp:
             raise ValueError(

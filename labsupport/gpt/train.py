@@ -51,6 +51,7 @@ def train_rank(rank: int, world_size: int, run: RunConfig, timeout_s: float | No
     """Everything one rank does; returns its losses, timings, logs and final parameters."""
     lay, cfg = run.layout, run.model
     check_run(run, world_size)
+    torch.set_num_threads(1)  # one core per rank (on GPUs: threads only launch kernels)
     device = rank_device()
     with group_timeout(timeout_s):
         mesh = build_mesh(lay, device.type)

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._checks import check_divisible, check_rank, resolve_rank
+from ._validate import check_divisible, check_rank, resolve_rank
 from .comm import reduce_from_tp_region
 
 
@@ -92,7 +92,7 @@ class VocabParallelEmbedding(nn.Module):
         outside = (ids < self.vocab_start) | (ids >= self.vocab_end)
         local = (ids - self.vocab_start).masked_fill(outside, 0)  # any valid row; zeroed below
         out = F.embedding(local, self.weight).masked_fill(outside.unsqueeze(-1), 0.0)
-        return reduce_from_tp_region(out, self.group)
+        return reduce_from_tp_region(out, self.group) if self.world_size > 1 else out
 
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings}, {self.embedding_dim} (rows {self.vocab_start}:"
