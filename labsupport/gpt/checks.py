@@ -16,7 +16,12 @@ from __future__ import annotations
 from ..checks import CheckFailure, launch_check, passed
 from . import _check_block, _check_ce, _check_groups
 
-__all__ = ["check_vocab_parallel_cross_entropy", "check_build_groups", "check_tp_block"]
+__all__ = ["check_vocab_parallel_cross_entropy", "check_build_groups", "check_tp_block",
+           "my_pieces"]
+
+_PASSED: dict = {}  # exercise name -> the object whose check passed in this session
+_PIECES = {"cross_entropy": "vocab_parallel_cross_entropy", "block": "TPBlock",
+           "groups": "build_groups"}
 
 _HANG = ("Every rank of a group must call the same collectives in the same order: no "
          "`if rank == ...` around an all-reduce, and the same group object on every rank.")
@@ -48,6 +53,7 @@ def check_vocab_parallel_cross_entropy(student_fn, name="vocab_parallel_cross_en
     except CheckFailure as exc:
         raise _first_line(exc, name) from None
     judged = _check_ce.judge_ce(results, name)
+    _PASSED["vocab_parallel_cross_entropy"] = student_fn
     passed(name, f"loss and gradient equal F.cross_entropy on the gathered logits for t = 2 and "
                  f"4, moderate logits and logits near 100 ({judged} rank results; loss rtol "
                  f"{_check_ce.RTOL:g}, gradient atol {_check_ce.GRAD_ATOL:g}); no logits moved")
@@ -60,6 +66,7 @@ def check_build_groups(student_fn, name="build_groups", timeout_s=20):
     results = launch_check(name, _check_groups.run_real_groups, 4, student_fn, name, timeout_s,
                            timeout_s=timeout_s, hang_hint=_HANG)
     _check_groups.judge_real(results, name)
+    _PASSED["build_groups"] = student_fn
     shown = ", ".join("×".join(map(str, lay)) for lay in _check_groups.LAYOUTS)
     passed(name, f"every rank in exactly one TP, PP and DP group, TP peers adjacent, the same "
                  f"new_group calls on every rank for layouts (dp×pp×tp) {shown}; the groups "
@@ -71,6 +78,27 @@ def check_tp_block(student_cls, name="TPBlock", timeout_s=30):
     results = launch_check(name, _check_block.run_block_case, 4, student_cls, name,
                            timeout_s=timeout_s, hang_hint=_HANG)
     judged = _check_block.judge_block(results, name)
+    _PASSED["TPBlock"] = student_cls
     passed(name, f"output, dL/dx and every parameter gradient equal the dense block on {judged} "
                  "ranks (two TP groups of 2); 2 all-reduces forward and 2 backward, each over "
                  "its TP group")
+
+
+def my_pieces(**candidates) -> dict:
+    """Your pieces whose check passed in this session, for the training run; the course's
+    reference stands in for the others (so a stuck student still trains the model).
+
+    ``my_pieces(cross_entropy=fn, block=TPBlock, groups=build_groups)`` -> the ``pieces`` dict of
+    ``train_parallel``; prints which piece is yours and which is the reference.
+    """
+    out = {}
+    for key, obj in candidates.items():
+        if key not in _PIECES:
+            raise ValueError(f"unknown piece {key!r}: use {', '.join(_PIECES)}")
+        exercise = _PIECES[key]
+        if _PASSED.get(exercise) is obj:
+            out[key] = obj
+            print(f"{key:<14} yours ({exercise} passed its check)")
+        else:
+            print(f"{key:<14} the course's reference ({exercise} has not passed its check)")
+    return out

@@ -107,6 +107,19 @@ class ParallelHead(nn.Module):
         return self.lm_head(self.ln_f(x))
 
 
+class Checkpointed(nn.Module):
+    """Activation checkpointing around any block (non-reentrant), e.g. a student's TP block."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return checkpoint(self.block, x, use_reentrant=False)
+        return self.block(x)
+
+
 def stage_layer_ranges(n_layer: int, stages: int) -> list:
     """Indices into ``GPT`` (0 = Embedding, 1..L = blocks, L+1 = Head) of each stage's layers."""
     blocks = balance_layers(n_layer, stages)
@@ -134,11 +147,13 @@ def describe_stages(n_layer: int, stages: int) -> list:
 
 
 def build_stage(model: GPT, stage: int, stages: int, tp_rank: int, tp: int, group=None,
-                activation_checkpointing: bool = False) -> nn.Sequential:
+                activation_checkpointing: bool = False, block_cls=None) -> nn.Sequential:
     """Stage ``stage`` of ``model``, TP shard ``tp_rank`` of ``tp``: an ``nn.Sequential``.
 
     Stage 0 takes token ids (b, s); the others take (b, s, h); the last returns logits
     (b, s, V/tp), the others (b, s, h). Parameters are copies of the dense model's shards.
+    ``block_cls(dense_block, tp_rank, tp, group)`` replaces ``ParallelBlock.from_dense`` (e.g. a
+    student's TP block).
     """
     layers = []
     for i in stage_layer_ranges(model.cfg.n_layer, stages)[stage]:
@@ -147,8 +162,11 @@ def build_stage(model: GPT, stage: int, stages: int, tp_rank: int, tp: int, grou
             layers.append(ParallelEmbedding.from_dense(dense, tp_rank, tp, group))
         elif isinstance(dense, Head):
             layers.append(ParallelHead.from_dense(dense, tp_rank, tp, group))
-        else:
+        elif block_cls is None:
             block = ParallelBlock.from_dense(dense, tp_rank, tp, group)
             block.activation_checkpointing = activation_checkpointing
             layers.append(block)
+        else:
+            block = block_cls(dense, tp_rank, tp, group)
+            layers.append(Checkpointed(block) if activation_checkpointing else block)
     return nn.Sequential(*layers)

@@ -47,8 +47,16 @@ def _lo_tx():
     return None if counters is None else counters.tx_bytes
 
 
-def train_rank(rank: int, world_size: int, run: RunConfig, timeout_s: float | None = None):
-    """Everything one rank does; returns its losses, timings, logs and final parameters."""
+def train_rank(rank: int, world_size: int, run: RunConfig, timeout_s: float | None = None,
+               pieces: dict | None = None):
+    """Everything one rank does; returns its losses, timings, logs and final parameters.
+
+    ``pieces`` may replace the course's parts with the student's: ``"cross_entropy"``
+    (``fn(logits_shard, target, group)`` → per-token loss), ``"block"`` (a class
+    ``cls(dense_block, rank, world_size, group)``) and ``"groups"`` (``fn(rank, world_size, dp, pp,
+    tp)`` → groups, compared with the mesh's: ``result["groups_match_mesh"]``).
+    """
+    pieces = pieces or {}
     lay, cfg = run.layout, run.model
     check_run(run, world_size)
     torch.set_num_threads(1)  # one core per rank (on GPUs: threads only launch kernels)
@@ -56,6 +64,10 @@ def train_rank(rank: int, world_size: int, run: RunConfig, timeout_s: float | No
     with group_timeout(timeout_s):
         mesh = build_mesh(lay, device.type)
         groups = {dim: mesh.get_group(dim) for dim in ("dp", "pp", "tp")}
+        if pieces.get("groups") is not None:
+            theirs = pieces["groups"](rank, world_size, lay.dp, lay.pp, lay.tp)
+            groups_match = all(dist.get_process_group_ranks(theirs[dim])
+                               == dist.get_process_group_ranks(groups[dim]) for dim in groups)
         links = None
         for peers in mesh_ranks(world_size, lay.dp, lay.pp, lay.tp)["pp"]:
             made = pipeline_links(lay.pp, peers, device)  # collective: every rank, every pipeline
@@ -65,15 +77,17 @@ def train_rank(rank: int, world_size: int, run: RunConfig, timeout_s: float | No
     assert tuple(mesh.get_coordinate()) == (d, s, t), "mesh order is not (dp, pp, tp)"
     first, last = s == 0, s == lay.pp - 1
     stage = build_stage(GPT(cfg, run.seed).to(run.torch_dtype), s, lay.pp, t, lay.tp, groups["tp"],
-                        run.activation_checkpointing).to(device)
+                        run.activation_checkpointing, pieces.get("block")).to(device)
     params = list(stage.parameters())
     opt = make_optimizer(params, run)
     actions = one_f_one_b(lay.pp, run.microbatches)[s]
     mb, rows = run.micro_batch_size, run.batch_size // lay.dp
     act_shape = (mb, cfg.block_size, cfg.n_embd)
 
+    cross_entropy = pieces.get("cross_entropy") or vocab_parallel_cross_entropy
+
     def loss_fn(logits, y):
-        return vocab_parallel_cross_entropy(logits, y, groups["tp"]).mean()
+        return cross_entropy(logits, y, groups["tp"]).mean()
 
     losses, step_ns, logs = [], [], {}
     for step, (x, y) in enumerate(run_batches(run)):
@@ -117,6 +131,7 @@ def train_rank(rank: int, world_size: int, run: RunConfig, timeout_s: float | No
         "param_bytes": sum(p.numel() * p.element_size() for p in params),
         "backend": "nccl" if device.type == "cuda" else "gloo",
         "groups": {dim: tuple(dist.get_process_group_ranks(g)) for dim, g in groups.items()},
+        "groups_match_mesh": groups_match if pieces.get("groups") is not None else None,
     }
 
 
@@ -128,7 +143,8 @@ class _nothing:
         return False
 
 
-def train_parallel(run: RunConfig, *, timeout_s: float = 60, backend=None) -> list:
+def train_parallel(run: RunConfig, *, timeout_s: float = 60, backend=None,
+                   pieces: dict | None = None) -> list:
     """Check the run, launch ``dp·pp·tp`` ranks (or run in place under torchrun), train.
 
     Returns:
@@ -138,5 +154,5 @@ def train_parallel(run: RunConfig, *, timeout_s: float = 60, backend=None) -> li
 
     check_run(run, int(os.environ["WORLD_SIZE"]) if _inside_external_launcher() else None)
     run_batches(run)  # vocabulary vs corpus, before any process starts
-    return launch(train_rank, run.layout.world_size, run, timeout_s, timeout_s=timeout_s,
-                  backend=backend)
+    return launch(train_rank, run.layout.world_size, run, timeout_s, pieces,
+                  timeout_s=timeout_s, backend=backend)
