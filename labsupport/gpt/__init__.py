@@ -18,16 +18,16 @@ from .config import RunConfig, check_run
 from .corpus import CharTokenizer, batches, corpus_facts, get_batch, load_corpus
 from .mesh import DIMS, Layout, build_groups, build_mesh, mesh_ranks, plot_mesh
 from .model import GPT, Block, Embedding, GPTConfig, Head, lm_loss
-from .parallel import (ParallelBlock, ParallelEmbedding, ParallelHead, build_stage,
+from .parallel import (Checkpointed, ParallelBlock, ParallelEmbedding, ParallelHead, build_stage,
                        describe_stages, stage_layer_ranges)
 from .reference import (ReferenceResult, corpus_tokens, generate, gpt_config, train_reference)
-from .train import train_parallel, train_rank
+from .train import train_parallel, train_parallel_runs, train_rank
 
 __all__ = [
     "RunConfig", "check_run", "CharTokenizer", "batches", "corpus_facts", "get_batch",
     "load_corpus", "DIMS", "Layout", "build_groups", "build_mesh", "mesh_ranks", "plot_mesh",
-    "GPT", "Block", "Embedding", "GPTConfig", "Head", "lm_loss", "ParallelBlock",
+    "GPT", "Block", "Embedding", "GPTConfig", "Head", "lm_loss", "Checkpointed", "ParallelBlock",
     "ParallelEmbedding", "ParallelHead", "build_stage", "describe_stages", "stage_layer_ranges",
     "ReferenceResult", "corpus_tokens", "generate", "gpt_config", "train_reference",
-    "train_parallel", "train_rank",
+    "train_parallel", "train_parallel_runs", "train_rank",
 ]

@@ -154,3 +154,16 @@ def plot_step_timeline(results: list, step: int, ax=None, title=None):
               fontsize=7, loc="upper right", ncols=4)
     ax.set_title(title or "one measured training step", fontsize=9)
     return ax
+
+
+def stage_costs(results: list, step: int) -> dict:
+    """Median F and B pass of each stage in a logged step (ms, over its ranks and micro-batches):
+    the costs to feed ``pipeline.simulate``."""
+    from statistics import median
+
+    passes = timeline_events(results, step)["passes"]
+    stage = {r["rank"]: r["coords"][1] for r in results}
+    stages = 1 + max(stage.values())
+    return {key: [median(e - s for rank, kind, _, s, e in passes
+                         if kind == k and stage[rank] == st) for st in range(stages)]
+            for k, key in (("F", "forward"), ("B", "backward"))}

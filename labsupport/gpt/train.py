@@ -156,3 +156,29 @@ def train_parallel(run: RunConfig, *, timeout_s: float = 60, backend=None,
     run_batches(run)  # vocabulary vs corpus, before any process starts
     return launch(train_rank, run.layout.world_size, run, timeout_s, pieces,
                   timeout_s=timeout_s, backend=backend)
+
+
+def _train_runs(rank, world_size, runs, timeout_s, pieces):
+    return [train_rank(rank, world_size, run, timeout_s, pieces) for run in runs]
+
+
+def train_parallel_runs(runs: list, *, timeout_s: float = 60, backend=None,
+                        pieces: dict | None = None) -> list:
+    """Several runs on the same number of ranks in ONE launch (launches are the slow part); each
+    run builds its own mesh, so the layouts may differ (e.g. tp=2 then pp=2 on 2 ranks).
+
+    Returns:
+        per run, every rank's result dict in rank order.
+    """
+    from ..launcher import launch
+
+    sizes = {run.layout.world_size for run in runs}
+    if len(sizes) != 1:
+        raise ValueError(f"train_parallel_runs runs on one set of ranks, but the layouts need "
+                         f"{sorted(sizes)} ranks: launch each world size separately")
+    for run in runs:
+        check_run(run)
+        run_batches(run)
+    per_rank = launch(_train_runs, sizes.pop(), runs, timeout_s, pieces,
+                      timeout_s=timeout_s, backend=backend)
+    return [[r[k] for r in per_rank] for k in range(len(runs))]
