@@ -27,7 +27,7 @@ import torch
 import labsupport
 from labsupport.gpt import (GPT, Layout, RunConfig, build_stage, check_run, corpus_facts,
                             corpus_tokens, gpt_config, mesh_ranks, train_rank, train_reference)
-from labsupport.gpt import traffic
+from labsupport.gpt import report, traffic
 from labsupport.tensor_parallel import padded_vocab_size
 
 pytestmark = pytest.mark.lab07
@@ -183,6 +183,20 @@ def test_bytes_per_group_match_the_formulas_and_the_wire(trained, name):
     ev = traffic.timeline_events(res, run.log_steps[0])
     assert {k for _, k, *_ in ev["passes"]} == {"F", "B"}
     assert {g for _, g, *_ in ev["comms"]} >= {"tp"} | ({"dp"} if run.layout.dp > 1 else set())
+
+
+def test_report_tables(trained):
+    (run, res, ref), *_ = trained("pp2xtp2")
+    summary = report.step_summary(run, res)
+    assert summary["ranks"] == 4 and summary["step_ms"] > 0 and summary["tokens_per_s"] > 0
+    assert 0 < summary["share"]["tp"] < 1 and summary["share"]["dp"] == 0
+    assert summary["sent_bytes"]["tp"] == traffic.predicted_bytes(run)["tp"]
+    table = report.loss_table(ref.losses, {"pp=2×tp=2": res[0]["losses"]}, steps=[0, 19])
+    assert table.splitlines()[0].split() == ["step", "one", "process", "pp=2×tp=2"]
+    assert len(table.splitlines()) == 4
+    rows = report.holdings(run, res)
+    assert [r["rank"] for r in rows] == [0, 1, 2, 3]
+    assert rows[0]["model_state_bytes"] == 4 * 4 * rows[0]["params"]
 
 
 # --- torchrun -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@
 - ``config``: a run's settings and the ValueErrors raised before any process starts.
 - ``reference``, ``train``, ``sample``: one process, every rank, text generation.
 - ``traffic``: bytes per group from the collective log, the loopback check, the step timeline.
+- ``report``: loss tables, step time and communication per group, what each rank holds.
 - ``checks``: the lab's check cells.
 """
 from .config import RunConfig, check_run

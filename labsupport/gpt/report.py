@@ -34,29 +34,34 @@ def max_rel_gap(reference: list, losses: list) -> float:
 
 
 def step_summary(run, results, skip: int = 1) -> dict:
-    """Median step time (slowest rank per step, logged and warm-up steps left out), tokens/s and
-    the time each rank spent inside the collectives of each group on the logged steps.
+    """Median step time (slowest rank per step; warm-up and logged steps left out), tokens/s,
+    and the time each rank spent inside the collectives of each group on the logged steps.
 
-    Returns: {"layout", "ranks", "step_ms", "tokens_per_s", "comm_ms": {group: ms per step,
-    averaged over ranks}, "share": {group: comm_ms / step_ms}}.
+    ``share[g]``: on the logged steps, the time inside group g's collectives as a share of that
+    same step on that rank, averaged over ranks (recording every call slows a logged step a
+    little, so the shares lean low). ``comm_ms[g]``: that time, ms per step, averaged over ranks.
     """
     n = len(results[0]["step_ns"])
     timed = [k for k in range(skip, n) if k not in run.log_steps] or list(range(n))
     step_ms = median(max(r["step_ns"][k] for r in results) / 1e6 for k in timed)
-    comm = {g: 0.0 for g in GROUPS}
     logged = list(run.log_steps)
+    comm = {g: 0.0 for g in GROUPS}
+    share = {g: 0.0 for g in GROUPS}
     for step in logged:
         for r in results:
+            mine = {g: 0.0 for g in GROUPS}
             for call in r["logs"][step]["calls"]:
                 if call.end is not None:
-                    g = group_of(call.group, r["groups"], len(results))
-                    comm[g] += (call.end - call.start) / 1e6
-    scale = 1 / (len(results) * max(len(logged), 1))
-    comm = {g: v * scale for g, v in comm.items()}
+                    mine[group_of(call.group, r["groups"], len(results))] += call.end - call.start
+            for g in GROUPS:
+                comm[g] += mine[g] / 1e6
+                share[g] += mine[g] / r["step_ns"][step]
+    samples = len(results) * max(len(logged), 1)
     sent = bytes_per_group(results, logged[-1]) if logged else None
     return {"layout": str(run.layout), "ranks": len(results), "step_ms": step_ms,
-            "tokens_per_s": run.tokens_per_step / (step_ms / 1e3), "comm_ms": comm,
-            "share": {g: (comm[g] / step_ms if logged else None) for g in GROUPS},
+            "tokens_per_s": run.tokens_per_step / (step_ms / 1e3),
+            "comm_ms": {g: v / samples for g, v in comm.items()},
+            "share": {g: (v / samples if logged else None) for g, v in share.items()},
             "sent_bytes": {g: sent[g]["sent"] for g in ("tp", "pp", "dp")} if sent else None}
 
 
@@ -76,7 +81,7 @@ def format_summaries(rows: list, base: dict | None = None) -> str:
                      f"{fmt(share['tp'])} {fmt(share['dp'])} "
                      + (f"{rest:>6.0%}" if rest is not None else f"{'-':>6}")
                      + "".join(f"{mb.get(g, 0) / 1e6:>7.2f}" for g in ("tp", "pp", "dp")))
-    lines.append("TP/DP time: inside the group's collectives, share of the median step; rest: "
+    lines.append("TP/DP time: inside the group's collectives, share of the (recorded) step; rest: "
                  "compute, bubble, send/recv waits, optimizer. MB: sent per step, all ranks.")
     return "\n".join(lines)
 

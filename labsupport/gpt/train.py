@@ -75,7 +75,7 @@ def train_rank(rank: int, world_size: int, run: RunConfig, timeout_s: float | No
                 links, my_peers = made, peers
     d, s, t = lay.coords(rank)
     assert tuple(mesh.get_coordinate()) == (d, s, t), "mesh order is not (dp, pp, tp)"
-    first, last = s == 0, s == lay.pp - 1
+    last = s == lay.pp - 1
     stage = build_stage(GPT(cfg, run.seed).to(run.torch_dtype), s, lay.pp, t, lay.tp, groups["tp"],
                         run.activation_checkpointing, pieces.get("block")).to(device)
     params = list(stage.parameters())
