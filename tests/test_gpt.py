@@ -83,9 +83,11 @@ def test_hidden_and_vocab_not_divisible():
 
 # --- parity --------------------------------------------------------------------------------------
 
-def _runs(layout, steps, checkpointing=False, **extra):
+def _runs(layout, steps, checkpointing=False, sample_chars=0, **extra):
     base = dict(model=CFG, layout=layout, steps=steps)
-    runs = [RunConfig(**base, **extra), RunConfig(**base, dtype="float64")]
+    # text is sampled after the float64 run: its model equals one process's to 1e-12, so the
+    # same seed draws the same characters (float32's 1e-5 could flip a draw now and then)
+    runs = [RunConfig(**base, **extra), RunConfig(**base, dtype="float64", sample_chars=sample_chars)]
     if checkpointing:  # the same fp32 run with activation checkpointing per block
         runs.append(RunConfig(**base, activation_checkpointing=True))
     return runs
@@ -159,7 +161,7 @@ def test_loss_and_parameters_equal_one_process(trained, name):
 
 
 def test_sample_is_the_same_text_on_the_mesh(trained):
-    (run, res, ref), *_ = trained("pp2xtp2")
+    _, (run, res, ref), *_ = trained("pp2xtp2")
     assert len(ref.sample) == 40 and all(r["sample"] == ref.sample for r in res)
 
 
