@@ -101,7 +101,7 @@ LAYOUTS = {"1x1": (Layout(), 20, {}), "tp2": (Layout(tp=2), 20, {}),
            "pp2": (Layout(pp=2), 20, {}),
            "pp2xtp2": (Layout(pp=2, tp=2), 20, {"sample_chars": 40, "log_steps": (18, 19),
                                                 "checkpointing": True}),
-           "dp2xpp2xtp2": (Layout(2, 2, 2), 4, {"log_steps": (2, 3)})}
+           "dp2xpp2xtp2": (Layout(2, 2, 2), 4, {"log_steps": (2, 3), "memory_steps": (1,)})}
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +199,19 @@ def test_report_tables(trained):
     rows = report.holdings(run, res)
     assert [r["rank"] for r in rows] == [0, 1, 2, 3]
     assert rows[0]["model_state_bytes"] == 4 * 4 * rows[0]["params"]
+
+
+def test_memory_per_rank_equals_the_formulas(trained):
+    """CPU accounting is deterministic: every category of every rank, exactly as predicted
+    (model state, 1F1B micro-batches in flight, the executor's receive-ahead, the DP buffer)."""
+    (run, res, _), *_ = trained("dp2xpp2xtp2")
+    for r in res:
+        got, want = r["memory"][1].breakdown, report.memory_prediction(run, r["coords"])
+        for cat in ("parameters", "gradients", "optimizer_state", "activations"):
+            assert got[cat] == want[cat], (r["rank"], cat, got[cat], want[cat])
+    first, last = (report.memory_prediction(run, (0, s, 0)) for s in (0, 1))
+    assert (first["in_flight"], last["in_flight"]) == (2, 1)
+    assert "the executor's next input, received ahead" in last["terms"]
 
 
 # --- torchrun -----------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ class RunConfig:
     data_seed: int = 1         # batches
     activation_checkpointing: bool = False
     log_steps: tuple = ()      # steps whose collectives, passes and loopback bytes are recorded
+    memory_steps: tuple = ()   # steps whose memory is tracked per rank (labsupport.memory)
     sample_chars: int = 0      # generate this many characters after training (0: none)
     sample_prompt: str = "\n"
     sample_seed: int = 0
@@ -94,5 +95,10 @@ def check_run(run: RunConfig, world_size: int | None = None) -> None:
     if run.sample_chars and len(run.sample_prompt) > cfg.block_size:
         raise ValueError(f"sample_prompt has {len(run.sample_prompt)} characters, more than the "
                          f"context of {cfg.block_size}: shorten it")
-    if any(not 0 <= s < run.steps for s in run.log_steps):
-        raise ValueError(f"log_steps {run.log_steps} must be step numbers in 0..{run.steps - 1}")
+    for name in ("log_steps", "memory_steps"):
+        steps = getattr(run, name)
+        if any(not 0 <= s < run.steps for s in steps):
+            raise ValueError(f"{name} {steps} must be step numbers in 0..{run.steps - 1}")
+    if set(run.log_steps) & set(run.memory_steps):
+        raise ValueError("a step is either logged (collectives timed) or memory-tracked, not both: "
+                         "each recorder would count the other's bookkeeping")

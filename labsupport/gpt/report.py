@@ -100,3 +100,72 @@ def holdings(run, results) -> list:
         rows.append({"rank": r["rank"], "coords": (d, s, t), "layers": texts[s],
                      "params": params, "model_state_bytes": 4 * params * e})
     return rows
+
+
+def memory_prediction(run, coords) -> dict:
+    """What rank (d, s, t) holds at most during one 1F1B step, from formulas (bytes).
+
+    Model state (e = bytes per element, P = the rank's parameters): parameters e·P, gradients
+    e·P (twice that with dp > 1: the flat all-reduce buffer is a second copy while it lives),
+    AdamW's two moments 2·e·P plus a 4-byte step counter per parameter tensor.
+    Activations, per micro-batch of b sequences of s tokens: every block of the stage saves
+    ``formulas.activations.layer_activation_terms`` (e bytes per element, no dropout, flash
+    attention -- the CPU kernel keeps only the log-sum-exp --, LayerNorm statistics); the first
+    stage the embedding's int64 local token ids and bool mask and the int64 position ids; the
+    last stage the final norm's input and output, the cross-entropy's softmax over its V/t
+    logits and its int64 local targets and bool mask. Times the micro-batches in flight on stage
+    s in 1F1B, ``min(pp - s, m)``; plus, on a stage > 0 with m above that, the next input the
+    course's executor receives one action ahead (b·s·h·e), saved by the first block when used.
+    Returns {"parameters", "gradients", "optimizer_state", "activations", "terms", "in_flight"}.
+    """
+    from ..formulas.activations import layer_activation_terms, output_activation_terms
+    from ..formulas.pipeline import in_flight_microbatches
+    from .parallel import stage_layer_ranges
+
+    lay, cfg = run.layout, run.model
+    _, s, _ = coords
+    e, b, T, h = run.torch_dtype.itemsize, run.micro_batch_size, cfg.block_size, cfg.n_embd
+    layers = stage_layer_ranges(cfg.n_layer, lay.pp)[s]
+    blocks = sum(1 for i in layers if 1 <= i <= cfg.n_layer)
+    kw = dict(t=lay.tp, bytes_per_element=e, dropout=False, attention="flash", norm_stats=True)
+    terms = {f"{blocks} block(s): {k}": blocks * v
+             for k, v in layer_activation_terms(T, b, h, cfg.n_head, **kw).items()}
+    if s == 0:
+        terms["embedding: local ids (int64), mask (bool), position ids (int64)"] = 9 * b * T + 8 * T
+    if s == lay.pp - 1:
+        out = output_activation_terms(T, b, h, cfg.vocab_size, t=lay.tp, vocab_parallel=True,
+                                      bytes_per_element=e, norm_stats=True)
+        terms.update({f"head: {k}": v * e / 4 if "logits" in k else v for k, v in out.items()})
+        terms["loss: local targets (int64), mask (bool)"] = 9 * b * T
+    in_flight = in_flight_microbatches(lay.pp, run.microbatches, s)
+    terms = {k: in_flight * v for k, v in terms.items()}
+    if s > 0 and run.microbatches > in_flight:
+        terms["the executor's next input, received ahead"] = b * T * h * e
+    tensors = _stage_params(run, coords)
+    params = sum(p.numel() for p in tensors)
+    return {"parameters": e * params, "gradients": e * params * (2 if lay.dp > 1 else 1),
+            "optimizer_state": 2 * e * params + 4 * len(tensors),
+            "activations": sum(terms.values()), "terms": terms, "in_flight": in_flight}
+
+
+def memory_table(run, results, step) -> str:
+    """Per rank: predicted / measured bytes of each category (the most it held during the step)."""
+    cats = ("parameters", "gradients", "optimizer_state", "activations")
+    lines = [f"{'rank':>4} {'(d, s, t)':>10} {'in flight':>9} " + "".join(
+        f"{c.replace('_', ' '):>24}" for c in cats) + f"{'peak, whole rank':>18}"]
+    for r in sorted(results, key=lambda r: r["rank"]):
+        rep, pred = r["memory"][step], memory_prediction(run, r["coords"])
+        cells = "".join(f"{pred[c] / 2**10:>11,.1f} /{rep.breakdown[c] / 2**10:>9,.1f} KiB"
+                        for c in cats)
+        lines.append(f"{r['rank']:>4} {str(r['coords']):>10} {pred['in_flight']:>9} {cells}"
+                     f"{rep.peak_total_bytes / 2**10:>14,.1f} KiB")
+    lines.append("cells: predicted / measured (the most the rank held during the step)")
+    return "\n".join(lines)
+
+
+def _stage_params(run, coords):
+    from .model import GPT
+    from .parallel import build_stage
+
+    _, s, t = coords
+    return list(build_stage(GPT(run.model), s, run.layout.pp, t, run.layout.tp).parameters())

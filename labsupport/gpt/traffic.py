@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ..tensor_parallel.comm_bytes import ring_all_reduce_bytes
+from ..formulas.collectives import ring_all_reduce_bytes, ring_bytes
 
 GROUPS = ("tp", "pp", "dp", "world")
 
@@ -38,12 +38,10 @@ def group_of(call_group, mine: dict, world_size: int) -> str:
 def sent_bytes(call) -> float:
     """Bytes this rank sends for one logged call (see the module docstring)."""
     t = len(call.group or ()) or 1
-    if call.op == "all_reduce":
-        return ring_all_reduce_bytes(call.bytes, t)
-    if call.op == "all_gather":
-        return (t - 1) * call.bytes
-    if call.op == "send":
-        return call.bytes
+    if call.op in ("all_reduce", "send"):
+        return ring_bytes(call.op, call.bytes, t)
+    if call.op == "all_gather":  # handed: this rank's shard of the t-times-larger result
+        return ring_bytes("all_gather", t * call.bytes, t)
     return 0.0
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from ..devices import rank_device
+from ..memory import tag, track_step
 from ..pipeline.executor import pipeline_links, run_stage
 from ..pipeline.schedules import one_f_one_b
 from ..tensor_parallel import count_collectives, loopback_bytes, vocab_parallel_cross_entropy
@@ -34,6 +35,7 @@ def _sync_dp_grads(params, group, dp):
     """Average the gradients over the data-parallel replicas: one all-reduce of one flat bucket."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch._utils._flatten_dense_tensors(grads)
+    tag(flat, "gradients")  # a second copy of the gradients while it exists (as DDP's buckets)
     dist.all_reduce(flat, group=group)
     flat.div_(dp)
     for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
@@ -89,7 +91,7 @@ def train_rank(rank: int, world_size: int, run: RunConfig, timeout_s: float | No
     def loss_fn(logits, y):
         return cross_entropy(logits, y, groups["tp"]).mean()
 
-    losses, step_ns, logs = [], [], {}
+    losses, step_ns, logs, memory = [], [], {}, {}
     for step, (x, y) in enumerate(run_batches(run)):
         x, y = x[d * rows:(d + 1) * rows].to(device), y[d * rows:(d + 1) * rows].to(device)
         logged = step in run.log_steps
@@ -98,14 +100,18 @@ def train_rank(rank: int, world_size: int, run: RunConfig, timeout_s: float | No
             lo_before = _lo_tx()
             dist.barrier()  # nobody sends before rank 0 has read the counter
         opt.zero_grad(set_to_none=True)
+        tracked = step in run.memory_steps
         start = time.perf_counter_ns()
-        with count_collectives(timed=True) if logged else _nothing() as log:
-            out = run_stage(stage, x, y, run.microbatches, actions, stage=s, stages=lay.pp,
-                            in_shape=act_shape, out_shape=act_shape, loss_fn=loss_fn,
-                            peers=my_peers, links=links, act_dtype=run.torch_dtype)
-            if lay.dp > 1:
-                _sync_dp_grads(params, groups["dp"], lay.dp)
-        opt.step()
+        with track_step(stage, opt) if tracked else _nothing() as mem:
+            with count_collectives(timed=True) if logged else _nothing() as log:
+                out = run_stage(stage, x, y, run.microbatches, actions, stage=s, stages=lay.pp,
+                                in_shape=act_shape, out_shape=act_shape, loss_fn=loss_fn,
+                                peers=my_peers, links=links, act_dtype=run.torch_dtype)
+                if lay.dp > 1:
+                    _sync_dp_grads(params, groups["dp"], lay.dp)
+            opt.step()
+        if tracked:
+            memory[step] = mem.report
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         step_ns.append(time.perf_counter_ns() - start)
@@ -126,7 +132,7 @@ def train_rank(rank: int, world_size: int, run: RunConfig, timeout_s: float | No
         sample = parallel_generate(stage, run, tok, lay, rank, links, groups["tp"], device)
     return {
         "rank": rank, "coords": (d, s, t), "losses": (curve / lay.dp).tolist(),
-        "step_ns": step_ns, "logs": logs, "sample": sample,
+        "step_ns": step_ns, "logs": logs, "memory": memory, "sample": sample,
         "params": [p.detach().cpu() for p in params] if run.checkpoint_params else None,
         "param_bytes": sum(p.numel() * p.element_size() for p in params),
         "backend": "nccl" if device.type == "cuda" else "gloo",
