@@ -5,7 +5,6 @@ Lab 03's bubble exercises (pure Python; ``predict_bubble``'s reference is
 ``labsupport.pipeline.formulas.bubble_formula``), "97_ranks" Lab 00's ring all-gather on 2 ranks.
 Each cheating submission is graded end to end, once, in one module-scoped run.
 """
-import importlib
 import os
 import sys
 
@@ -16,9 +15,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from labsupport import course, grading
 from labsupport.grading import integrity
 
-# The conventions work (#10) renames pipeline/_checks.py to pipeline/checks.py.
-PCHECKS = next(m for m in ("labsupport.pipeline.checks", "labsupport.pipeline._checks")
-               if importlib.util.find_spec(m))
+PCHECKS = "labsupport.pipeline.checks"
 REFERENCE = "labsupport.pipeline.formulas.bubble_formula"
 PREDICT = "def predict_bubble(p, m):\n    ### BEGIN SOLUTION\n    return (p - 1) / (m + p - 1)\n    ### END SOLUTION"
 SMALLEST = ("def smallest_m(p, target):\n    ### BEGIN SOLUTION\n    m = 1\n"
@@ -56,14 +53,13 @@ def _lab(cells):
 
 
 GUARDED = _lab([
-    new_code_cell(f"import torch\nfrom {PCHECKS.rsplit('.', 1)[0]} import {PCHECKS.rsplit('.', 1)[1]} as pchecks"),
+    new_code_cell("import torch\nfrom labsupport.pipeline import checks as pchecks"),
     _cell(PREDICT, "predict_bubble", reference=[REFERENCE]),
     _cell("pchecks.check_predict_bubble(predict_bubble)", "check_predict_bubble", 2),
     _cell(SMALLEST, "smallest_m", reference=[]),
     _cell("pchecks.check_smallest_m(smallest_m)", "check_smallest_m", 2),
 ])
-TPCHECKS = next(m for m in ("labsupport.tensor_parallel.checks", "labsupport.tensor_parallel.lab")
-                if importlib.util.find_spec(m))
+TPCHECKS = "labsupport.tensor_parallel.checks"
 TP_REFERENCE = "labsupport.tensor_parallel.functional.column_parallel_matmul"
 COLUMN = """def column_parallel(X, A, rank, world_size):
     ### BEGIN SOLUTION
@@ -73,8 +69,9 @@ COLUMN = """def column_parallel(X, A, rank, world_size):
     return torch.cat(blocks, dim=-1)
     ### END SOLUTION"""
 RANKS = _lab([
-    new_code_cell("import torch\nimport torch.distributed as dist\nfrom labsupport import checks\n"
-                  f"from {TPCHECKS.rsplit('.', 1)[0]} import {TPCHECKS.rsplit('.', 1)[1]} as tpchecks"),
+    new_code_cell("import torch\nimport torch.distributed as dist\n"
+                  "from labsupport.collectives import checks\n"
+                  "from labsupport.tensor_parallel import checks as tpchecks"),
     _cell(RING, "ring_all_gather", reference=[]),
     _cell("checks.check_ring_all_gather(ring_all_gather, world_sizes=(2,), shape=(3, 5))",
           "check_ring_all_gather", 3),
@@ -132,7 +129,7 @@ SUBMISSIONS = {
         # split done by the reference, called inside the ranks.
         "in_rank": {"ring_all_gather": (
             "def ring_all_gather(tensor, rank, world_size):\n"
-            "    import labsupport.checks as c\n"
+            "    import labsupport.collectives.checks as c\n"
             "    c.check_gather_list = lambda *a, **k: None\n"
             "    return [tensor] * world_size"),
             "column_parallel": (
@@ -193,7 +190,7 @@ def test_patch_or_reference_call_inside_a_rank_is_caught(graded):
     assert _summary(rows) == {"check_ring_all_gather": ("tampered", 0),
                               "check_column_parallel": ("used reference", 0)}
     assert rows["check_ring_all_gather"].message.startswith(
-        "labsupport.checks.check_gather_list was replaced in rank")
+        "labsupport.collectives.checks.check_gather_list was replaced in rank")
     assert rows["check_column_parallel"].message.startswith(
         f"called {TP_REFERENCE} from exercise cell 'column_parallel', line 4: "
         "return column_parallel_matmul(X, column_shard(A, rank, world_size)) (in rank")

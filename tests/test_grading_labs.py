@@ -15,7 +15,7 @@ from labsupport import course, grading
 from labsupport.grading.assembly import is_demo
 
 ROOT = course.repo_root(__file__)
-LABS = [p.stem for p in course.lab_paths(ROOT)]
+LABS = course.lab_paths(ROOT)  # paths: conftest.py gives each parametrised test its lab marker
 # The lab whose demonstration cells are cheapest to run too (pure-Python checks): graded both
 # ways, and through nbgrader, which runs every cell.
 BOTH_WAYS = "03_pipeline_bubbles"
@@ -40,7 +40,7 @@ def labs():
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     out = tmp_path_factory.mktemp("submissions")
-    for lab in LABS:
+    for lab in (p.stem for p in LABS):
         solution = nbformat.read(course.find_lab(lab, ROOT), as_version=4)
         student = nbformat.read(course.find_lab(lab, ROOT, "notebooks"), as_version=4)
         nbformat.write(student, out / f"{lab}_fresh.ipynb")
@@ -52,12 +52,13 @@ def _grades(rows):
     return [(r.grade_id, r.status, r.points) for r in rows]
 
 
-@pytest.mark.parametrize("lab", LABS)
+@pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
 def test_solution_gets_full_marks_with_demonstration_cells_skipped(lab, labs, folder):
-    rows = grading.grade_submission(folder / f"{lab}_correct.ipynb", labs)
+    rows = grading.grade_submission(folder / f"{lab.stem}_correct.ipynb", labs)
     assert rows and all(r.status == "passed" and r.points == r.max_points for r in rows), rows
 
 
+@pytest.mark.lab03
 def test_skipping_demonstration_cells_changes_no_grade(labs, folder):
     for who in ("correct", "fresh"):
         path = folder / f"{BOTH_WAYS}_{who}.ipynb"
@@ -73,6 +74,7 @@ def test_every_lab_marks_demonstration_cells(labs):
         assert not any(course.is_check_cell(c) or course.is_exercise_cell(c) for c in demos)
 
 
+@pytest.mark.lab03
 def test_nbgrader_round_trip_gives_the_same_cells_and_points(tmp_path, labs, folder):
     """generate_assignment writes our student notebook; autograde scores like `labs grade`."""
     pytest.importorskip("nbgrader", reason="nbgrader is not installed (pip install -e '.[test]')")

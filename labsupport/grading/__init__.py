@@ -14,27 +14,21 @@ used reference, resource limit.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
 
-from .isolation import Box, Limits
-
-__all__ = ["grade", "grade_submission", "CheckResult", "Limits", "load_solutions", "match_lab",
-           "assemble", "expand", "format_table", "totals", "write_csv", "CSV_COLUMNS", "Lab"]
+from .._lazy import lazy_names as _lazy_names
+from .isolation import Box as _Box
+from .isolation import Limits
 
 # Imported on first use: the graded kernel imports ``labsupport.grading.integrity``, which must
 # not pay for nbformat/jsonschema (about a second).
-_LAZY = {"Lab": "assembly", "assemble": "assembly", "load_solutions": "assembly",
-         "match_lab": "assembly", "CSV_COLUMNS": "report", "CheckResult": "report",
-         "format_table": "report", "totals": "report", "write_csv": "report"}
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__, _LAZY = _lazy_names(__name__, {
+    "assembly": ("Lab", "assemble", "load_solutions", "match_lab"),
+    "report": ("CSV_COLUMNS", "CheckResult", "format_table", "totals", "write_csv"),
+})
+__all__ = ["grade", "grade_submission", "expand", "Limits", *_LAZY]
 
 
 def grade_submission(path, labs=None, root=None, timeout_s=600, cell_timeout_s=120, label=None,
@@ -68,7 +62,7 @@ def grade_submission(path, labs=None, root=None, timeout_s=600, cell_timeout_s=1
         from .. import course
         return [CheckResult(label, gid(c), 0.0, points(c), "unreadable", problem, lab.path.stem)
                 for c in lab.nb.cells if course.is_check_cell(c)]
-    with Box(limits) as box:
+    with _Box(limits) as box:
         assembled = assemble(lab.nb, submission, folder=box.grading, skip_demos=skip_demos,
                              integrity=integrity)
         with open(os.path.join(box.grading, "config.json"), "w") as f:

@@ -80,18 +80,13 @@ def points(cell):
     return float(course.nbgrader_meta(cell).get("points", 0) or 0)
 
 
-def labsupport_meta(cell):
-    meta = cell.get("metadata", {}).get("labsupport", {})
-    return meta if isinstance(meta, dict) else {}
-
-
-def is_demo(cell):
-    return labsupport_meta(cell).get("role") == "demo"
+is_demo = course.is_demo_cell
 
 
 def references(cell):
-    """Dotted paths of the course's reference implementation(s) of an exercise cell."""
-    return list(labsupport_meta(cell).get("reference", []))
+    """Dotted paths of the course's reference implementation(s) of an exercise cell
+    (``metadata["labsupport"]["reference"]``, kept by the lab's author)."""
+    return list(course.labsupport_meta(cell).get("reference", []))
 
 
 def grader_meta(cell):
