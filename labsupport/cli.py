@@ -65,6 +65,10 @@ def cmd_grade(args):
     limits = grading.Limits(memory_bytes=int(args.max_memory_gib * (1 << 30)),
                             processes=args.max_processes,
                             file_bytes=int(args.max_file_mib * (1 << 20)))
+    import signal
+
+    # A terminated run still removes its temporary folders and kernels (the finally blocks run).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = grading.grade(paths, timeout_s=args.timeout, cell_timeout_s=args.cell_timeout,
                             progress=lambda p: print(f"grading {p} ...", flush=True),
                             limits=limits, skip_demos=not args.run_demos)
