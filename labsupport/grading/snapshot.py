@@ -141,11 +141,21 @@ class Snapshot:
         for owner, d, keys, label, module in self.keys:
             if len(d) == len(keys):
                 continue
-            added = [k for k in d if k not in keys and (not module or k in vars(builtins))]
+            added = [k for k in list(d) if k not in keys and _shadows(owner, k, module)]
             for k in added:
                 out.append((f"{label}.{k} was added, shadowing the original",
                             lambda o=owner, k=k: delattr(o, k)))
         return out
+
+
+def _shadows(owner, name, module):
+    """Does a new attribute hide one the checks use: a builtin (for a module's globals), or a
+    base class's attribute (for a class)? Other new names are caches (``__slotnames__`` after
+    pickling, a lazily imported name) or harmless."""
+    if module:
+        return name in vars(builtins)
+    return (not name.startswith("__") or any(name in vars(base) for base in owner.__mro__[1:])) and \
+        any(hasattr(base, name) for base in owner.__mro__[1:])
 
 
 def _library_wrapper(new, old):
