@@ -124,7 +124,12 @@ class _Kernel:
         ns, out = sys.modules["IPython"].get_ipython().user_ns, []
         for ex in self.exercises:
             meta = self.config["exercises"].get(ex, {})
-            codes = {reference_code(r): r for r in meta.get("reference", [])}
+            codes = {}
+            for dotted in meta.get("reference", []):
+                try:
+                    codes[reference_code(dotted)] = dotted
+                except ValueError:
+                    pass
             for name in meta.get("names", []):
                 obj = ns.get(name)
                 fn = getattr(obj, "func", obj)  # functools.partial

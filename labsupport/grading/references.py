@@ -69,7 +69,12 @@ class Monitor:
                 self.found.append(found)
 
     def start(self, references):
-        self.codes = {reference_code(r): r for r in references}
+        self.codes = {}
+        for dotted in references:
+            try:
+                self.codes[reference_code(dotted)] = dotted
+            except ValueError:  # not importable here (e.g. DeepSpeed missing): nothing to call
+                pass
         if self.codes:
             sys.setprofile(self._profile)
             threading.setprofile(self._profile)
