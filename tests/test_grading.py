@@ -90,8 +90,8 @@ for _ in range(400):  # bounded, for a shared machine; the limit is 24 processes
         os._exit(0)
 time.sleep(20)"""
 ALLOCATE = """blocks = []
-for _ in range(64):  # at most 4 GiB, for a shared machine; the limit is 768 MiB
-    blocks.append(b"x" * (64 << 20))
+for _ in range(16):  # at most 4 GiB, for a shared machine; the limit is 768 MiB
+    blocks.append(b"x" * (256 << 20))  # one memset: over the limit well within the cell's 3 s
 import time
 time.sleep(20)"""
 HUGE_FILE = """with open("huge.bin", "wb") as f:
