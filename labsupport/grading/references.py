@@ -61,12 +61,20 @@ class Monitor:
             return None if name in self.solution else (name, frame.f_lineno, frame.f_code.co_name)
         return None
 
-    def _profile(self, frame, event, arg):
-        if event == "call" and frame.f_code in self.codes:
-            origin = self._origin(frame.f_back)
-            found = (self.codes[frame.f_code],) + origin if origin else None
-            if found and found not in self.found and len(self.found) < 20:
-                self.found.append(found)
+    def _hit(self, frame):
+        origin = self._origin(frame.f_back)
+        found = (self.codes[frame.f_code],) + origin if origin else None
+        if found and found not in self.found and len(self.found) < 20:
+            self.found.append(found)
+
+    def _make_profile(self):
+        # Called on every Python and C call and return while installed: locals only, one test.
+        codes, hit = self.codes, self._hit
+
+        def profile(frame, event, arg):
+            if frame.f_code in codes and event == "call":
+                hit(frame)
+        return profile
 
     def start(self, references):
         self.codes = {}
@@ -76,6 +84,7 @@ class Monitor:
             except ValueError:  # not importable here (e.g. DeepSpeed missing): nothing to call
                 pass
         if self.codes:
+            self._profile = self._make_profile()
             sys.setprofile(self._profile)
             threading.setprofile(self._profile)
 
@@ -83,7 +92,7 @@ class Monitor:
         """Uninstall; True when the profile hook was still ours (nobody removed it)."""
         if not self.codes:
             return True
-        intact = sys.getprofile() == self._profile
+        intact = sys.getprofile() is self._profile
         sys.setprofile(None)
         threading.setprofile(None)
         self.codes = {}
