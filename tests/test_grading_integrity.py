@@ -56,6 +56,8 @@ GUARDED = _lab([
     new_code_cell("import torch\nfrom labsupport.pipeline import checks as pchecks"),
     _cell(PREDICT, "predict_bubble", reference=[REFERENCE]),
     _cell("pchecks.check_predict_bubble(predict_bubble)", "check_predict_bubble", 2),
+    # A second check of the same exercise: the reference stays watched through it.
+    _cell("pchecks.check_predict_bubble(predict_bubble, cases=[(6, 2), (3, 9)])", "check_predict_bubble_more", 1),
     _cell(SMALLEST, "smallest_m", reference=[]),
     _cell("pchecks.check_smallest_m(smallest_m)", "check_smallest_m", 2),
 ])
@@ -165,6 +167,7 @@ def _summary(rows):
 
 def test_correct_submissions_get_full_marks_no_false_alarm(graded):
     assert _summary(graded["98_guarded_correct"]) == {"check_predict_bubble": ("passed", 2),
+                                                      "check_predict_bubble_more": ("passed", 1),
                                                       "check_smallest_m": ("passed", 2)}
     assert _summary(graded["97_ranks_correct"]) == {"check_ring_all_gather": ("passed", 3),
                                                     "check_column_parallel": ("passed", 3)}
@@ -173,6 +176,7 @@ def test_correct_submissions_get_full_marks_no_false_alarm(graded):
 def test_patched_check_function_is_tampered(graded):
     rows = graded["98_guarded_patched_check"]
     assert _summary(rows) == {"check_predict_bubble": ("tampered", 0),
+                              "check_predict_bubble_more": ("not implemented", 0),
                               "check_smallest_m": ("not implemented", 0)}
     assert rows["check_predict_bubble"].message == (
         f"{PCHECKS}.check_predict_bubble was replaced (in exercise cell 'predict_bubble')")
@@ -180,7 +184,8 @@ def test_patched_check_function_is_tampered(graded):
 
 def test_patched_torch_allclose_is_tampered(graded):
     rows = graded["98_guarded_patched_allclose"]
-    assert _summary(rows) == {"check_predict_bubble": ("tampered", 0), "check_smallest_m": ("passed", 2)}
+    assert _summary(rows) == {"check_predict_bubble": ("tampered", 0), "check_predict_bubble_more": ("passed", 1),
+                              "check_smallest_m": ("passed", 2)}
     assert rows["check_predict_bubble"].message == (
         "torch.allclose was replaced (in exercise cell 'predict_bubble')")
 
@@ -202,20 +207,23 @@ def test_patch_or_reference_call_inside_a_rank_is_caught(graded):
 ])
 def test_calling_the_exercises_reference_is_caught_with_the_line(graded, who, line):
     rows = graded[f"98_guarded_{who}"]
-    assert _summary(rows) == {"check_predict_bubble": ("used reference", 0), "check_smallest_m": ("passed", 2)}
-    assert rows["check_predict_bubble"].message.startswith(
-        f"called {REFERENCE} from exercise cell 'predict_bubble', {line}")
+    assert _summary(rows) == {"check_predict_bubble": ("used reference", 0),
+                              "check_predict_bubble_more": ("used reference", 0), "check_smallest_m": ("passed", 2)}
+    for check in ("check_predict_bubble", "check_predict_bubble_more"):
+        assert rows[check].message.startswith(f"called {REFERENCE} from exercise cell 'predict_bubble', {line}")
 
 
 def test_the_reference_itself_as_the_answer_is_caught(graded):
     rows = graded["98_guarded_alias_is_reference"]
-    assert _summary(rows) == {"check_predict_bubble": ("used reference", 0), "check_smallest_m": ("passed", 2)}
+    assert _summary(rows) == {"check_predict_bubble": ("used reference", 0),
+                              "check_predict_bubble_more": ("used reference", 0), "check_smallest_m": ("passed", 2)}
     assert rows["check_predict_bubble"].message == (
         f"predict_bubble is {REFERENCE} itself (exercise cell 'predict_bubble')")
 
 
 def test_allowed_labsupport_imports_and_earlier_references_pass(graded):
     assert _summary(graded["98_guarded_allowed_imports"]) == {"check_predict_bubble": ("passed", 2),
+                                                              "check_predict_bubble_more": ("passed", 1),
                                                               "check_smallest_m": ("passed", 2)}
 
 

@@ -185,7 +185,11 @@ def assemble(solution_nb, submission_nb, folder="", skip_demos=True, integrity=T
                 out.append(_code(cell.source, "check", label=f"check '{g}'", grade_id=g,
                                  points=points(cell)))
                 cells.append({"label": f"check '{g}'", "source": cell.source, "student": False})
-                out.append(_step("after_check", f"check '{g}'", g))
+                # Another check of the same exercises next (no exercise between): the references
+                # stay watched through it.
+                nxt = next((c for c in sol[j + 1:] if course.is_check_cell(c) or course.is_exercise_cell(c)), None)
+                keep = group_ids(sol, _group(sol, j)) if nxt is not None and course.is_check_cell(nxt) else ()
+                out.append(_step("after_check", f"check '{g}'", g, keep))
             elif course.is_exercise_cell(cell):
                 g, theirs = gid(cell), by_gid.get(gid(cell))
                 group = _group(sol, j)

@@ -94,8 +94,10 @@ class _Kernel:
                 pass
         return [f"{p} (in {label})" for p in problems]
 
-    def step(self, kind, label, exercises=()):
+    def step(self, kind, label, exercises=(), found=None):
         tampered, used = self.tampered(label), []
+        if found:
+            tampered, used = found[0] + tampered, found[1] + used
         if kind == "begin":
             refs = [r for ex in exercises for r in self.config["exercises"].get(ex, {}).get("reference", [])]
             self.exercises = list(exercises)
@@ -115,6 +117,9 @@ class _Kernel:
             used += u
             self.monitor.found, self.exercises = [], []
             self._write_state("idle", [])
+            if exercises:  # another check of the same exercises follows: keep watching
+                self.step("begin", label, exercises, found=(tampered, used))
+                return
         if tampered or used:
             raise GradingIntegrityError(json.dumps({"tampered": tampered, "used_reference": used}))
 
