@@ -444,10 +444,6 @@ WRONG_PARTITION = '''def partition_by_parameters(param_counts, num_stages):
     from deepspeed.runtime.utils import partition_uniform
     return partition_uniform(len(param_counts), num_stages)'''
 
-CORRECT_PARTITION = '''def partition_by_parameters(param_counts, num_stages):
-    from labsupport.pipeline import balance_layers   # a DP over "i layers in j stages"
-    return [0] + [r.stop for r in balance_layers(len(param_counts), num_stages, param_counts)]'''
-
 WRONG_SETUP_LOSS = '''
 def loss_fn(outputs, labels):
     return F.cross_entropy(outputs, labels, reduction="sum")
@@ -468,7 +464,10 @@ def graded(tmp_path_factory):
     setup_correct = solution["pipeline_setup"]
     start, end = setup_correct.index("def loss_fn"), setup_correct.index("def pipeline_config")
     setup_wrong = setup_correct[:start] + WRONG_SETUP_LOSS.lstrip() + setup_correct[end:]
-    plan = {"s1": {"partition_by_parameters": CORRECT_PARTITION, "pipeline_setup": setup_wrong},
+    # The correct partition is written out (the solution's own DP): calling the course's
+    # pipeline.balance_layers, this exercise's reference, is graded "used reference" (#17).
+    plan = {"s1": {"partition_by_parameters": solution["partition_by_parameters"],
+                   "pipeline_setup": setup_wrong},
             "s2": {"partition_by_parameters": WRONG_PARTITION},
             "s3": {"pipeline_setup": setup_correct}}
     rows = {}
