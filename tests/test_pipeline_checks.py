@@ -36,21 +36,3 @@ def test_check_order_accepts_reference_and_explains_warmup(capsys):
 
     with pytest.raises(NotImplementedError, match="not implemented yet"):
         checks.check_one_f_one_b_order(unfinished)
-
-
-def test_check_bubble_and_smallest_m_explain():
-    checks.check_predict_bubble(lambda p, m: (p - 1) / (m + p - 1))
-    with pytest.raises(CheckFailure, match="relative to the compute time"):
-        checks.check_predict_bubble(lambda p, m: (p - 1) / m)
-
-    def smallest(p, target):
-        m = 1
-        while (p - 1) / (m + p - 1) > target:
-            m += 1
-        return m
-
-    checks.check_smallest_m(smallest)
-    with pytest.raises(CheckFailure, match="too few micro-batches"):
-        checks.check_smallest_m(lambda p, t: max(1, smallest(p, t) - 1))
-    with pytest.raises(CheckFailure, match="relative form"):
-        checks.check_smallest_m(lambda p, t: next(m for m in range(1, 999) if (p - 1) / m <= t))

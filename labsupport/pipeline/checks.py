@@ -17,7 +17,6 @@ import torch
 
 from ..checks import CheckFailure, call_student, explain_mismatch, launch_check, passed
 from . import _stage_probe as probe
-from .formulas import bubble_formula, bubble_ratio
 from .schedules import Action, check_link_order, one_f_one_b, schedule_actions
 from .simulate import PipelineDeadlock, simulate_actions, validate
 
@@ -91,50 +90,6 @@ def check_one_f_one_b_order(fn, cases=CASES):
                     pass
                 raise CheckFailure(problem)
     passed(name, f"every stage matches 1F1B for (p, m) in {cases}")
-
-
-def check_predict_bubble(fn, cases=CASES):
-    """``fn(p, m)`` must give the idle fraction (p-1)/(m+p-1) of GPipe/1F1B."""
-    name = "predict_bubble"
-    for p, m in cases:
-        got, want = call_student(fn, p, m, name=name), bubble_formula(p, m)
-        try:
-            got = float(got)
-        except (TypeError, ValueError):
-            raise CheckFailure(f"{name}({p}, {m}) returned {got!r}; return a number") from None
-        if abs(got - want) <= 1e-9:
-            continue
-        hint = ""
-        if abs(got - bubble_ratio(p, m)) <= 1e-9:
-            hint = (" — that is (p-1)/m, the bubble *relative to the compute time*; the fraction of "
-                    "all stage-time that is idle also counts the bubble in the total: (p-1)/(m+p-1)")
-        elif abs(got - (1 - want)) <= 1e-9:
-            hint = " — that is the busy fraction (efficiency); the bubble is the idle part"
-        elif abs(got * 100 - want * 100) > 1 and abs(got - 100 * want) <= 1e-6:
-            hint = " — return a fraction in [0, 1), not a percentage"
-        raise CheckFailure(f"{name}({p}, {m}) = {got:.4g}, expected {want:.4g}{hint}")
-    passed(name, f"matches (p-1)/(m+p-1) for (p, m) in {cases}")
-
-
-def check_smallest_m(fn, cases=((2, 0.2), (4, 0.2), (4, 0.1), (8, 0.25), (3, 0.5), (2, 0.5))):
-    """``fn(p, target)`` = smallest m with bubble (p-1)/(m+p-1) <= target."""
-    name = "smallest_m"
-    for p, target in cases:
-        got = call_student(fn, p, target, name=name)
-        want = next(m for m in range(1, 10_000) if bubble_formula(p, m) <= target + 1e-12)
-        if got == want:
-            continue
-        if not isinstance(got, int) or isinstance(got, bool) or got < 1:
-            raise CheckFailure(f"{name}({p}, {target}) returned {got!r}; return a whole number >= 1")
-        if bubble_formula(p, got) > target + 1e-12:
-            raise CheckFailure(
-                f"{name}({p}, {target}) = {got}, but with m={got} the bubble is "
-                f"{bubble_formula(p, got):.3f} > {target}: too few micro-batches (expected {want})")
-        rel = next(m for m in range(1, 10_000) if bubble_ratio(p, m) <= target + 1e-12)
-        hint = (" — that solves (p-1)/m <= target (the relative form); the target is on the "
-                "idle fraction (p-1)/(m+p-1)") if got == rel else " — it meets the target but is not the smallest"
-        raise CheckFailure(f"{name}({p}, {target}) = {got}, expected {want}{hint}")
-    passed(name, f"{len(cases)} (p, target) cases")
 
 
 # --- the stage loop: the heart of the executor, written by the student -------------------------
