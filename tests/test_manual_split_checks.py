@@ -159,3 +159,35 @@ def test_checks_report_unfinished_exercise():
     for check in (checks.check_split_forward, checks.check_micro_batch_step):
         with pytest.raises(NotImplementedError, match="not implemented yet"):
             check(stub)
+
+
+# --- labs grade: a correct, a wrong and a blank answer for each exercise ----------------------
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    from grading_helpers import grade_answers, solution_answer
+
+    split_ok = solution_answer("02", "split_forward")
+    step_ok = solution_answer("02", "micro_batch_step")
+    split_wrong = split_ok.replace("h = h.to(devices[1])", "h = h")  # no move to devices[1]
+    step_wrong = step_ok.replace("* share", "/ chunks")            # right for even splits only
+    assert split_wrong != split_ok and step_wrong != step_ok
+    return grade_answers("02", {
+        "a": {"split_forward": split_ok, "micro_batch_step": step_wrong},
+        "b": {"split_forward": split_wrong, "micro_batch_step": None},
+        "c": {"split_forward": None, "micro_batch_step": step_ok},
+    }, tmp_path_factory.mktemp("lab02_submissions"))
+
+
+@pytest.mark.parametrize("who, grade_id, status, points, words", [
+    ("a", "check_split_forward", "passed", 3, ""),
+    ("b", "check_split_forward", "failed", 0, "a stand-in for cuda:0 / cuda:1"),
+    ("c", "check_split_forward", "not implemented", 0, "split_forward"),
+    ("c", "check_micro_batch_step", "passed", 3, ""),
+    ("a", "check_micro_batch_step", "failed", 0, "divided by the number of micro-batches"),
+    ("b", "check_micro_batch_step", "not implemented", 0, "micro_batch_step"),
+])
+def test_labs_grade_scores_each_exercise(graded, who, grade_id, status, points, words):
+    row = graded[who][grade_id]
+    assert (row.status, row.points) == (status, points), row
+    assert words in row.message

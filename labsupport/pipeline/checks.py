@@ -12,22 +12,34 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from numbers import Integral
 
 import torch
 
 from ..checks import CheckFailure, call_student, explain_mismatch, launch_check, passed
 from . import _stage_probe as probe
-from .schedules import Action, check_link_order, one_f_one_b, schedule_actions
+from .schedules import check_link_order, one_f_one_b, schedule_actions
 from .simulate import PipelineDeadlock, simulate_actions, validate
 
 CASES = [(2, 1), (2, 4), (3, 2), (4, 4), (4, 8), (5, 3)]
 
 
 def _as_pairs(order, where):
-    try:
-        return [tuple(Action.parse(a)[:2]) for a in order]
-    except (TypeError, ValueError) as exc:
-        raise CheckFailure(f"{where}: return a list of ('F', mb) / ('B', mb) tuples ({exc})")
+    """The documented return type: a list of ('F' | 'B', whole-number mb) pairs."""
+    if not isinstance(order, (list, tuple)):
+        raise CheckFailure(f"{where}: return a list of ('F', mb) / ('B', mb) tuples, got a "
+                           f"{type(order).__name__}")
+    pairs = []
+    for a in order:
+        if isinstance(a, str):
+            raise CheckFailure(f"{where}: return ('F', mb) / ('B', mb) tuples, not strings like "
+                               f"{a!r}")
+        if not (isinstance(a, (tuple, list)) and len(a) == 2 and a[0] in ("F", "B")
+                and isinstance(a[1], Integral) and not isinstance(a[1], bool)):
+            raise CheckFailure(f"{where}: each item must be a pair ('F', mb) or ('B', mb) with a "
+                               f"whole-number micro-batch index mb; got {a!r}")
+        pairs.append((a[0], int(a[1])))
+    return pairs
 
 
 def _warmup(order):
@@ -43,8 +55,14 @@ def explain_order(got, want, stage, stages, m):
     if sorted(got) != sorted(want):
         fs = sorted(i for k, i in got if k == "F")
         bs = sorted(i for k, i in got if k == "B")
+        hint = ""
+        if any(not 0 <= i < m for _, i in got) and _warmup(got) > m:
+            hint = (f" — micro-batches are numbered 0..{m - 1}: the warm-up is min(p-s-1, m) = "
+                    f"{min(stages - stage - 1, m)} forwards, never more than the m = {m} there are")
+        elif any(not 0 <= i < m for _, i in got):
+            hint = f" — micro-batch indices run from 0 to m-1 = {m - 1}"
         return (f"{where}: each stage runs F and B once for every micro-batch 0..{m - 1} "
-                f"({2 * m} actions); you return {len(got)}: forwards {fs}, backwards {bs}")
+                f"({2 * m} actions); you return {len(got)}: forwards {fs}, backwards {bs}{hint}")
     seen = set()
     for kind, i in got:
         if kind == "B" and ("F", i) not in seen:
