@@ -141,6 +141,24 @@ def test_interleaved_matches_torch(p, k, v):
         schedules.ScheduleInterleaved1F1B, p, m, v)
 
 
+@pytest.mark.parametrize("p, m", [(2, 4), (3, 6), (4, 8), (5, 12)])
+def test_torch_one_chunk_interleaved_holds_p_minus_1_minus_r_more_than_1f1b(p, m):
+    """Lab 03's correction: ScheduleInterleaved1F1B with one chunk warms up 2(p-1-r) forwards,
+    so stage r holds p-1-r more micro-batches than our 1F1B (one more only at p=2);
+    Schedule1F1B holds p-r, like ours (counted from its pipeline_order: passes, not labels)."""
+    schedules = pytest.importorskip("torch.distributed.pipelining.schedules")
+    ours = simulate(one_f_one_b(p, m)).peak_activations()
+    theirs = simulate(torch_order(schedules.ScheduleInterleaved1F1B, p, m, 1)).peak_activations()
+    assert ours == [p - r for r in range(p)]
+    assert [t - o for t, o in zip(theirs, ours)] == [p - 1 - r for r in range(p)]
+    stage = SimpleNamespace(stage_index=0, num_stages=p, group_rank=0, group_size=p,
+                            is_first=True, is_last=False, submod=None)
+    order = schedules.Schedule1F1B(stage, n_microbatches=m).pipeline_order
+    kinds = [[a.computation_type.value for a in order[r] if a is not None
+              and a.computation_type.value in ("F", "B")] for r in range(p)]
+    assert kinds == [[a.kind for a in row] for row in one_f_one_b(p, m)]
+
+
 @pytest.mark.parametrize("p", (2, 3, 4))
 @pytest.mark.parametrize("m", (1, 2, 4, 8))
 def test_zb_h1_matches_torch_zero_bubble_one_chunk(p, m):
