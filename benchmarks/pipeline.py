@@ -87,7 +87,8 @@ def throughput(model, p, width, mb, repeats, gen):
     for n, ms in single.items():
         print(f"one process, {n} thread(s): {ms:8.1f} ms/step")
     if p > cores:
-        print(f"{p} ranks > {cores} cores: no measured pipeline throughput (it would time core sharing)")
+        print(f"{p} ranks > {cores} cores: no measured pipeline throughput "
+              "(it would time core sharing)")
         return
     runs = [dict(schedule="1f1b", batch=x, targets=y, microbatches=m) for m in M_VALUES]
     print(f"{'m':>3}{'rows/mb':>9}{'step ms':>9}{'bubble':>8}"

@@ -254,12 +254,13 @@ def launch_check(name, rank_fn, world_size, *args, timeout_s=20, hang_hint="", d
 
     A student's ``NotImplementedError`` in any rank becomes :func:`not_implemented`; then
     ``diagnose(exc)``, when given, may turn the ``LaunchError`` into the exercise's own verdict
-    (it returns the message, or None when what the ranks left does not establish a mistake); a rank that
-    waited past ``timeout_s`` in a collective or send/recv becomes a :class:`CheckFailure` naming
-    the hang and ``hang_hint`` (what usually causes it in this exercise); a rank that raised or
-    died a :class:`CheckFailure` whose first line names the mistake when the error establishes it
-    (:func:`explain_rank_error`: matrix shapes, tensor or message sizes, dtypes), else the rank's
-    exception and message, with the rank's traceback below.
+    (it returns the message, or None when what the ranks left does not establish a mistake); a
+    rank that waited past ``timeout_s`` in a collective or send/recv becomes a
+    :class:`CheckFailure` naming the hang and ``hang_hint`` (what usually causes it in this
+    exercise); a rank that raised or died a :class:`CheckFailure` whose first line names the
+    mistake when the error establishes it (:func:`explain_rank_error`: matrix shapes, tensor or
+    message sizes, dtypes), else the rank's exception and message, with the rank's traceback
+    below.
     """
     from .launcher import LaunchError, launch
 

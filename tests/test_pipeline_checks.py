@@ -251,7 +251,8 @@ def test_checks_report_unfinished_exercises():
 def graded(tmp_path_factory):
     from grading_helpers import grade_answers, solution_answer
 
-    loop_ok, order_ok = solution_answer("03", "stage_loop"), solution_answer("03", "one_f_one_b_order")
+    loop_ok = solution_answer("03", "stage_loop")
+    order_ok = solution_answer("03", "one_f_one_b_order")
     loop_wrong = loop_ok.replace(" / microbatches\n", "\n")  # the loss not divided by m
     order_wrong = ("def one_f_one_b_order(stage, stages, microbatches):\n"
                    "    return [('F', i) for i in range(microbatches)] + "

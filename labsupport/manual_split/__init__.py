@@ -17,5 +17,6 @@ from .split import (chunked_forward, make_mlp, micro_batch_step, partition_memor
 
 __all__ = ["chunked_forward", "core_share", "gantt", "make_mlp", "measure_pipeline_ranks",
            "merged_records", "micro_batch_step", "overlap_seconds", "partition_memory",
-           "pipeline_rank", "plot_speedup", "simulated_step", "split_devices", "split_forward", "split_model",
+           "pipeline_rank", "plot_speedup", "simulated_step", "split_devices", "split_forward",
+           "split_model",
            "split_point", "step_times", "timed_forward", "train_step"]

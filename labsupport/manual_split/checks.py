@@ -129,9 +129,9 @@ def check_micro_batch_step(student_fn, name="micro_batch_step", cases=STEP_CASES
         params = [q for part in parts for q in part.parameters()]
         # any split into `chunks` micro-batches in order is right (x.chunk, torch.tensor_split)
         if sum(calls) != rows or len(calls) not in (len(pieces), chunks):
+            too_many = calls and all(c <= chunks for c in calls) and len(calls) > len(pieces)
             how = ("x.split(chunks) makes pieces of `chunks` rows; x.chunk(chunks) makes `chunks` "
-                   "pieces" if calls and all(c <= chunks for c in calls) and len(calls) > len(pieces)
-                   else "run each micro-batch through the split model once")
+                   "pieces" if too_many else "run each micro-batch through the split model once")
             raise CheckFailure(f"{where}: part 0 ran {len(calls)} time(s) on {calls} rows, "
                                f"expected one run per micro-batch ({pieces} rows): {how}")
         grads = [None if q.grad is None else q.grad for q in params]
@@ -142,7 +142,8 @@ def check_micro_batch_step(student_fn, name="micro_batch_step", cases=STEP_CASES
                            "gradients, each of a mean loss: "
                            f"{'%d× too large' % len(pieces) if even else 'too large'}. Weight "
                            "each micro-batch's loss by its share of the batch (rows / B)")
-            elif not even and _same(grads, _step_reference(model, x, t, [1 / len(pieces)] * len(pieces))):
+            elif not even and _same(grads, _step_reference(model, x, t,
+                                                           [1 / len(pieces)] * len(pieces))):
                 problem = (f"each micro-batch's loss is divided by the number of micro-batches "
                            f"({len(pieces)}): right only when they are equally large; here they "
                            f"have {pieces} rows, so weight each by its rows / {rows}")

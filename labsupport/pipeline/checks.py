@@ -113,14 +113,16 @@ def check_one_f_one_b_order(fn, cases=CASES):
 # --- the stage loop: the heart of the executor, written by the student -------------------------
 
 # Small models whose stage boundaries change width (so in_shape != out_shape); rows per micro-batch.
-_MODELS = {2: dict(widths=(6, 9, 5, 7), seed=11, rows=3), 3: dict(widths=(6, 9, 5, 7, 4), seed=12, rows=2)}
+_MODELS = {2: dict(widths=(6, 9, 5, 7), seed=11, rows=3),
+           3: dict(widths=(6, 9, 5, 7, 4), seed=12, rows=2)}
 LOOP_CASES = [(2, [("1f1b", 4, "mse"), ("gpipe", 3, "mse")]), (3, [("1f1b", 5, "mse")])]
 LOOP_TIMEOUT_S = 6  # a deadlock is reported this long after the ranks stop moving
 
 
 def _loop_case(p, schedule, m, loss):
     if isinstance(schedule, str):
-        actions, label = schedule_actions(schedule, p, m), schedule.upper().replace("GPIPE", "GPipe")
+        actions = schedule_actions(schedule, p, m)
+        label = schedule.upper().replace("GPIPE", "GPipe")
     else:
         actions, label = validate(schedule)[0], "a custom order"
     check_link_order(actions, p)
@@ -138,7 +140,8 @@ def _reference(case):
     shapes = probe.boundary_shapes(modules, batch, case["rows"])
     loss = probe.LOSSES[case["loss"]](model(batch), targets)
     loss.backward()
-    return float(loss.detach()), [[q.grad.clone() for q in mod.parameters()] for mod in modules], shapes
+    grads = [[q.grad.clone() for q in mod.parameters()] for mod in modules]
+    return float(loss.detach()), grads, shapes
 
 
 def _judge_passes(case, rank, events):

@@ -36,7 +36,8 @@ class P2PCost:
     Attributes:
         sizes: message sizes measured.
         waiting_ms: median one-way time per size, receiver blocked in wait() (the executor's case).
-        latency_ms, bandwidth_GBps: ``waiting_ms ≈ latency_ms + size / bandwidth`` (least squares).
+        latency_ms, bandwidth_GBps: ``waiting_ms ≈ latency_ms + size / bandwidth`` (least
+            squares).
         wakeup_ms: one byte through a pipe to a sleeping reader minus to a spinning one (medians).
         samples: per size, the raw one-way samples; 'sleeping' and 'spinning': the pipe's.
     """
@@ -103,7 +104,8 @@ def _pingpong_rank(rank, world_size, sizes, repeats, threads, pipes, busy_ms=3.0
         stamps = []
         for i in range(repeats):
             sender = i % 2  # ping-pong: each side sends in turn, the other waits
-            work = None if rank == sender else dist.irecv(got, peer)  # posted early, as the executor
+            # the receive is posted early, as the executor posts it
+            work = None if rank == sender else dist.irecv(got, peer)
             dist.barrier()
             if rank == sender:
                 time.sleep(0.002)  # the receiver is surely asleep inside wait() by now

@@ -75,7 +75,9 @@ def pipeline_links(stages: int, peers=None, device=None, wrap: bool = False) -> 
     device = rank_device() if device is None else device
     me = dist.get_rank()
     links = {"F": [], "B": []}
-    pairs = [(k, k + 1) for k in range(stages - 1)] + ([(stages - 1, 0)] if wrap and stages > 1 else [])
+    pairs = [(k, k + 1) for k in range(stages - 1)]
+    if wrap and stages > 1:
+        pairs.append((stages - 1, 0))
     for a, b in pairs:
         pair = [peers[a], peers[b]]
         for kind, (src, dst) in (("F", pair), ("B", pair[::-1])):
@@ -138,7 +140,8 @@ def run_stage(module, batch: torch.Tensor, targets: torch.Tensor, microbatches: 
     last_q = p * v - 1
     device = next(chunks[0].parameters()).device
     # the compute stream only: a whole-device sync would also wait for our sends in flight
-    sync = torch.cuda.current_stream(device).synchronize if device.type == "cuda" else (lambda: None)
+    sync = (torch.cuda.current_stream(device).synchronize if device.type == "cuda"
+            else (lambda: None))
     peers = list(range(stages)) if peers is None else peers
     links = links or {"F": [None] * p, "B": [None] * p}
     in_shapes, out_shapes = _per_chunk(in_shape, v), _per_chunk(out_shape, v)

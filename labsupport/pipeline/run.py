@@ -210,7 +210,7 @@ def measured_stage_costs(timeline) -> dict:
     kinds = {e.kind for e in timeline.events}
 
     def per(kind):
-        cells = [(c, s) for c in range(v) for s in range(p)] if v > 1 else [(0, s) for s in range(p)]
+        cells = [(c, s) for c in range(v) for s in range(p)]  # chunk-major: virtual stage order
         return [median(e.duration for e in timeline.stage_events(s)
                        if e.kind == kind and e.chunk == c) for c, s in cells]
 

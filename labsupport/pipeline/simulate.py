@@ -173,7 +173,8 @@ def simulate_actions(actions, *, forward=1, backward=None, backward_input=None,
                     break
                 ready = [done[d][0] + (send if done[d][1] != s else 0) for d in deps]
                 start = max([free_at[s]] + ready)
-                own = None if durations is None else durations.get((s, a.kind, a.microbatch, a.chunk))
+                key = (s, a.kind, a.microbatch, a.chunk)
+                own = None if durations is None else durations.get(key)
                 end = start + (_per_pass(cost[a.kind], s, a.chunk, p, v) if own is None else own)
                 done[(a.kind, a.microbatch, a.chunk * p + s)] = (end, s)
                 events.append(Event(s, a.chunk, a.kind, a.microbatch, start, end))
