@@ -146,6 +146,14 @@ class _Clock:
         return mark - self.t0
 
 
+def best_of(fn, repeats: int):
+    """Run ``fn()`` ``repeats`` times after one warm-up; return the result whose last element
+    (a time) is the smallest: other users of the machine only ever slow a run down, so the
+    fastest is the least disturbed measurement (e.g. ``best_of(lambda: timed_forward(...), 3)``)."""
+    fn()
+    return min((fn() for _ in range(repeats)), key=lambda result: result[-1])
+
+
 def timed_forward(parts, x: torch.Tensor, devices, chunks: int = 1):
     """``chunked_forward`` with a busy interval recorded for every part call.
 
