@@ -1,6 +1,6 @@
-"""Grade a lab's exercises the way ``labs grade`` does, leanly: the student notebook with chosen
-answers in its exercise cells, graded against the lab's solution whose demonstration cells are
-left out (they only measure; by the course's rule no check cell needs a name they define).
+"""Grade a lab's exercises the way ``labs grade`` does: the student notebook with chosen answers
+in its exercise cells, graded against the lab's solution (demonstration cells skipped, as
+``labs grade`` does by default: they only measure, and no check cell needs a name they define).
 
     rows = grade_answers("03", {"right": {"stage_loop": SOURCE, "one_f_one_b_order": None}}, tmp)
     rows["right"]["check_stage_loop"].status   # 'passed', 'failed', 'not implemented', ...
@@ -19,8 +19,6 @@ ROOT = course.repo_root(__file__)
 def grade_answers(lab, submissions, folder):
     """{name: {grade_id: answer source | None}} -> {name: {check grade_id: CheckResult}}."""
     labs = grading.load_solutions(ROOT)
-    for solution in labs:
-        solution.nb.cells = [c for c in solution.nb.cells if not course.is_demo_cell(c)]
     student = course.find_lab(lab, ROOT, "notebooks")
     out = {}
     for name, answers in submissions.items():
