@@ -231,8 +231,19 @@ def test_check_stage_loop_accepts_correct_answers(fn, cases, capsys):
      r"Python float"),
 ])
 def test_check_stage_loop_names_the_mistake(fn, cases, words):
-    with pytest.raises(CheckFailure, match=words):
+    with pytest.raises(CheckFailure, match=words) as info:
         checks.check_stage_loop(fn, cases=cases, timeout_s=4)
+    if "hung" in str(info.value) and _launcher_reports_hangs():
+        # the launcher's own facts follow the check's: its diagnosis, and where each rank waits
+        assert "The launcher saw: ranks 0 and 1 both wait in " in str(info.value)
+        assert "Where each rank (= stage) waits, as the launcher saw it:" in str(info.value)
+
+
+def _launcher_reports_hangs():
+    import inspect
+
+    from labsupport.launcher import LaunchError
+    return "diagnosis" in inspect.signature(LaunchError).parameters
 
 
 def test_checks_report_unfinished_exercises():

@@ -202,7 +202,10 @@ def _judge_result(case, rank, out, ref_loss, ref_grads):
                                "the reference)")
 
 
-def _diagnose_loop(cases, folder, p):
+def _diagnose_loop(cases, folder, p, timeout_s):
+    """The stage loop's verdict from what its ranks recorded: a message to the wrong neighbour or
+    of the wrong shape, else -- for a hang -- who waited for whom, with the launcher's own
+    diagnosis and its account of the line each rank waits at (when the launcher gives them)."""
     def diagnose(exc):
         for k in reversed(range(len(cases))):
             events = [probe.read_events(folder, r, k) for r in range(p)]
@@ -221,8 +224,12 @@ def _diagnose_loop(cases, folder, p):
         finished = [r for r in range(p) if any(e["e"] == "returned" for e in events[r])]
         verdict = probe.explain_hang(case["actions"], events, finished)
         seen = "".join(f" The launcher saw: {d}." for d in getattr(exc, "diagnosis", ()))
-        return (f"{case['label']}: the ranks hung (stopped after {LOOP_TIMEOUT_S} s): "
-                f"{verdict or 'no stage was waiting in a send or receive of its own'}.{seen}")
+        where = getattr(exc, "report", "")
+        where = ("\nWhere each rank (= stage) waits, as the launcher saw it:\n"
+                 + "\n".join("  " + line for line in where.splitlines())) if where else ""
+        return (f"{case['label']}: the ranks hung (stopped after {timeout_s:g} s): "
+                f"{verdict or 'no stage was waiting in a send or receive of its own'}.{seen}"
+                + where)
     return diagnose
 
 
@@ -242,7 +249,7 @@ def check_stage_loop(fn, cases=None, name="stage_loop", timeout_s=LOOP_TIMEOUT_S
         try:
             outs = launch_check(name, probe.probe_rank, p, fn, prepared, folder,
                                 timeout_s=timeout_s, backend="gloo",
-                                diagnose=_diagnose_loop(prepared, folder, p))
+                                diagnose=_diagnose_loop(prepared, folder, p, timeout_s))
             for k, (case, (loss, grads, shapes)) in enumerate(zip(prepared, refs)):
                 events = [probe.read_events(folder, r, k) for r in range(p)]
                 for r in range(p):
