@@ -234,10 +234,12 @@ def time_stage_costs(modules, micro_batch, micro_targets, *, repeats=7, loss_fn=
     """Time each stage's F and B on one micro-batch, one stage at a time, in THIS process.
 
     Use when ranks would outnumber cores: timing p processes on fewer cores measures the
-    sharing, not the pipeline. Fastest of ``repeats`` after one warm-up, in ms (on a shared
-    CPU the fastest run is the one least disturbed by other processes). On a GPU each clock
-    reading waits for the stage's device (``devices.synchronize``): kernels are queued, and an
-    unsynchronised clock would time the launch, not the pass.
+    sharing, not the pipeline. The stages are timed round-robin (stage 0, 1, ..., p-1, then
+    again), so that a burst of other work on a shared CPU hits every stage alike; each stage
+    keeps its fastest of ``repeats`` after one warm-up round, in ms (on a shared CPU the fastest
+    run is the one least disturbed by other processes). On a GPU each clock reading waits for
+    the stage's device (``devices.synchronize``): kernels are queued, and an unsynchronised
+    clock would time the launch, not the pass.
 
     Returns:
         {'forward': [ms per stage], 'backward': [ms per stage]} for ``simulate(**costs)``.
@@ -247,33 +249,36 @@ def time_stage_costs(modules, micro_batch, micro_targets, *, repeats=7, loss_fn=
     from ..devices import synchronize
 
     loss_fn = loss_fn or nn.functional.mse_loss
-    costs = {"forward": [], "backward": []}
-    x = micro_batch
-    for s, mod in enumerate(modules):
-        last = s == len(modules) - 1
-        device = next(mod.parameters()).device
-        x, target = x.to(device), micro_targets.to(device)
-        fwd, bwd = [], []
-        for _ in range(repeats + 1):
-            inp = x.detach().requires_grad_(s > 0)  # stage 0 needs no input gradient
+    inputs, x = [], micro_batch  # each stage's input: the previous stages' output
+    with torch.no_grad():
+        for mod in modules:
+            device = next(mod.parameters()).device
+            x = x.to(device)
+            inputs.append(x)
+            x = mod(x)
+    last = len(modules) - 1
+    target = micro_targets.to(next(modules[last].parameters()).device)
+    fwd, bwd = [[] for _ in modules], [[] for _ in modules]
+    for _ in range(repeats + 1):
+        for s, mod in enumerate(modules):
+            device = inputs[s].device
+            inp = inputs[s].detach().requires_grad_(s > 0)  # stage 0 needs no input gradient
             synchronize(device)
             t0 = time.perf_counter_ns()
             out = mod(inp)
             synchronize(device)
             t1 = time.perf_counter_ns()
-            if last:
+            if s == last:
                 loss_fn(out, target).backward()
             else:
                 out.backward(torch.ones_like(out))
             synchronize(device)
             t2 = time.perf_counter_ns()
-            fwd.append((t1 - t0) / 1e6)
-            bwd.append((t2 - t1) / 1e6)
+            fwd[s].append((t1 - t0) / 1e6)
+            bwd[s].append((t2 - t1) / 1e6)
+    for mod in modules:
         mod.zero_grad(set_to_none=True)
-        costs["forward"].append(min(fwd[1:]))
-        costs["backward"].append(min(bwd[1:]))
-        x = out.detach()
-    return costs
+    return {"forward": [min(f[1:]) for f in fwd], "backward": [min(b[1:]) for b in bwd]}
 
 
 def _time_whole_model(rank, world_size, model, batch, targets, threads, repeats, loss_fn):
