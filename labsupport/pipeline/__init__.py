@@ -10,8 +10,9 @@ Pure Python + torch-free: no process group, no GPU. ``plot_timeline`` and
 
 The real executor (GPipe, 1F1B, interleaved 1F1B and ZB-H1 on p ranks with send/recv; needs
 torch) lives in ``executor.py`` (what each rank runs) and ``run.py`` (checks, split, launch);
-``comm.py`` measures what a hand-off between ranks costs (``measure_p2p``), ``report.py`` puts
-measured, simulated and formula bubbles side by side. Their names (``run_pipeline``,
+``timing.py`` times stages and the whole model in one process, ``comm.py`` measures what a
+hand-off between ranks costs (``measure_p2p``), ``report.py`` puts measured, simulated and
+formula bubbles side by side. Their names (``run_pipeline``,
 ``run_pipelines``, ``make_mlp``, ``measure_p2p``, ...) are imported on first use.
 """
 from .. import _lazy
@@ -28,7 +29,8 @@ from .timeline import Event, Timeline
 __getattr__, __dir__, _EXECUTOR = _lazy.lazy_names(__name__, {
     "run": ("run_pipeline", "run_pipelines", "make_mlp", "split_model", "check_actions",
             "check_batch", "single_device_grads", "measured_stage_costs", "events_follow",
-            "PipelineResult", "time_stage_costs", "single_process_ms"),
+            "PipelineResult"),
+    "timing": ("time_stage_costs", "single_process_ms"),
     "comm": ("measure_p2p", "P2PCost"),
     "report": ("bubble_rows", "format_bubble_rows")})
 

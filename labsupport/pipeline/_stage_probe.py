@@ -172,9 +172,9 @@ def probe_rank(rank, world_size, fn, cases, folder):
             note(e="returned")
         dist.barrier()  # every stage's sends are received before the next case
         results.append({
-            "returned": out if out is None or isinstance(out, (int, float)) else repr(type(out)),
             "returned_type": type(out).__name__,
-            "returned_value": float(out) if isinstance(out, (int, float, torch.Tensor))
+            "returned_value": float(out.detach() if isinstance(out, torch.Tensor) else out)
+            if isinstance(out, (int, float, torch.Tensor))
             and (not isinstance(out, torch.Tensor) or out.numel() == 1) else None,
             "grads": [None if q.grad is None else q.grad.detach().clone()
                       for q in module.parameters()],
