@@ -4,10 +4,18 @@
                                   [--stages 2 4]
 
 For p=2 (and any other --stages), GPipe and 1F1B with m in {1, 2, 4, 8} micro-batches of a
-fixed size: the measured bubble (idle share of the measured timeline, fastest of --repeats
-steps), the simulator fed with the measured per-stage F/B costs, and the formula. Then 1F1B on
-a fixed batch (m x micro-batch rows for m=8) split into m in {1, 2, 4, 8}: ms per step against one
-process running the whole model with 1 thread and with all cores.
+fixed size, and interleaved 1F1B (v=2) and ZB-H1 with m in {4, 8}: the measured bubble (idle
+share of the measured timeline, fastest of --repeats steps) next to
+- sim: the simulator fed with the run's measured per-stage F/B(/W) costs and free sends;
+- sim+send: the same plus the hand-off cost measured by a ping-pong between two ranks right after
+  (``measure_p2p``: one-way time of one activation to a waiting rank, latency + bytes/bandwidth,
+  wake-up included) -- the simulator with measured compute AND communication;
+- replay: each pass with its own measured duration, plus send (what is left is unexplained wait);
+- the formula (p-1)/(v*m+p-1).
+The last line says for how many runs |measured - sim+send| <= 0.02 (the target on a quiet
+machine), with the load average. Then 1F1B on a fixed batch (m x micro-batch rows for m=8) split
+into m in {1, 2, 4, 8}: ms per step against one process running the whole model with 1 thread
+and with all cores.
 
 When the ranks outnumber the cores, a measured run times the sharing of cores, not the pipeline:
 the script says so and prints the simulator fed with per-stage costs measured one stage at a
@@ -33,9 +41,9 @@ def bubble_table(model, p, width, mb, repeats, gen):
     cores = os.cpu_count() or 1
     print(f"\n== p={p} stages, layers per stage {[len(r) for r in pp.balance_layers(len(model), p)]}, "
           f"micro-batch {mb} rows ==")
-    print(f"{'schedule':<8}{'m':>3}{'measured':>10}{'sim(meas. costs)':>18}{'formula':>9}"
-          f"{'step ms':>9}")
     if p > cores:
+        print(f"{'schedule':<8}{'m':>3}{'measured':>10}{'sim(meas. costs)':>18}{'formula':>9}"
+              f"{'step ms':>9}")
         print(f"{p} ranks > {cores} cores: a measured run would time the sharing of cores. "
               "Rows below are SIMULATED with per-stage costs MEASURED one stage at a time here.")
         torch.set_num_threads(1)
@@ -49,16 +57,25 @@ def bubble_table(model, p, width, mb, repeats, gen):
                       f"{pp.bubble_formula(p, m):>9.3f}{t.makespan:>9.1f}")
         return
     runs = []
-    for name in ("gpipe", "1f1b"):
-        for m in M_VALUES:
-            x, y = torch.randn(mb * m, width, generator=gen), torch.randn(mb * m, width, generator=gen)
-            runs.append(dict(schedule=name, batch=x, targets=y, microbatches=m))
-    for r in pp.run_pipelines(model, p, runs, repeats=repeats, timeout_s=300):
-        t = r.timeline
-        sim = pp.simulate(r.schedule, p, r.microbatches, **pp.measured_stage_costs(t))
-        print(f"{r.schedule:<8}{r.microbatches:>3}{t.bubble_fraction():>10.3f}"
-              f"{sim.bubble_fraction():>18.3f}{pp.bubble_formula(p, r.microbatches):>9.3f}"
-              f"{t.makespan:>9.1f}")
+    configs = [(name, m) for name in ("gpipe", "1f1b") for m in M_VALUES]
+    configs += [(name, m) for name in ("interleaved", "zb-h1") for m in (4, 8) if m % p == 0]
+    for name, m in configs:
+        x, y = torch.randn(mb * m, width, generator=gen), torch.randn(mb * m, width, generator=gen)
+        runs.append(dict(schedule=name, batch=x, targets=y, microbatches=m, chunks=2))
+    results = pp.run_pipelines(model, p, runs, repeats=repeats, timeout_s=300)
+    act = mb * width * 4  # one micro-batch's activation (and gradient), fp32
+    cost = pp.measure_p2p(sizes=(act // 16, act, 4 * act), repeats=20)
+    send = cost.send_ms(act)
+    print(cost.table())
+    print(f"send = {send:.3f} ms for one {act // 1024} KiB activation")
+    rows = pp.bubble_rows(results, send=send)
+    print(pp.format_bubble_rows(rows))
+    gaps = [abs(r["measured"] - r["simulated_send"]) for r in rows]
+    small = [r for r in rows if r["schedule"] in ("gpipe", "1f1b")]
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    print(f"|measured - sim+send| <= 0.02: {sum(g <= 0.02 for g in gaps)} of {len(rows)} runs "
+          f"(largest {max(gaps):.3f}; GPipe/1F1B m=1..8: largest "
+          f"{max(abs(r['measured'] - r['simulated_send']) for r in small):.3f}){load}")
 
 
 def throughput(model, p, width, mb, repeats, gen):
@@ -70,7 +87,8 @@ def throughput(model, p, width, mb, repeats, gen):
     for n, ms in single.items():
         print(f"one process, {n} thread(s): {ms:8.1f} ms/step")
     if p > cores:
-        print(f"{p} ranks > {cores} cores: no measured pipeline throughput (it would time core sharing)")
+        print(f"{p} ranks > {cores} cores: no measured pipeline throughput "
+              "(it would time core sharing)")
         return
     runs = [dict(schedule="1f1b", batch=x, targets=y, microbatches=m) for m in M_VALUES]
     print(f"{'m':>3}{'rows/mb':>9}{'step ms':>9}{'bubble':>8}"

@@ -248,15 +248,19 @@ def _rank_failure(name, world_size, exc):
     return CheckFailure(f"{name} failed with {world_size} ranks: {cause or head}\n{body}".rstrip())
 
 
-def launch_check(name, rank_fn, world_size, *args, timeout_s=20, hang_hint="", **kwargs):
+def launch_check(name, rank_fn, world_size, *args, timeout_s=20, hang_hint="", diagnose=None,
+                 **kwargs):
     """``launch(rank_fn, world_size, ...)`` for a check cell, with a rank's failure explained.
 
-    A student's ``NotImplementedError`` in any rank becomes :func:`not_implemented`; a rank that
-    waited past ``timeout_s`` in a collective or send/recv becomes a :class:`CheckFailure` naming
-    the hang and ``hang_hint`` (what usually causes it in this exercise); a rank that raised or
-    died a :class:`CheckFailure` whose first line names the mistake when the error establishes it
-    (:func:`explain_rank_error`: matrix shapes, tensor or message sizes, dtypes), else the rank's
-    exception and message, with the rank's traceback below.
+    A student's ``NotImplementedError`` in any rank becomes :func:`not_implemented`; then
+    ``diagnose(exc)``, when given, may turn the ``LaunchError`` into the exercise's own verdict
+    (it returns the message, or None when what the ranks left does not establish a mistake); a
+    rank that waited past ``timeout_s`` in a collective or send/recv becomes a
+    :class:`CheckFailure` naming the hang and ``hang_hint`` (what usually causes it in this
+    exercise); a rank that raised or died a :class:`CheckFailure` whose first line names the
+    mistake when the error establishes it (:func:`explain_rank_error`: matrix shapes, tensor or
+    message sizes, dtypes), else the rank's exception and message, with the rank's traceback
+    below.
     """
     from .launcher import LaunchError, launch
 
@@ -265,6 +269,9 @@ def launch_check(name, rank_fn, world_size, *args, timeout_s=20, hang_hint="", *
     except LaunchError as exc:
         if "NotImplementedError" in exc.traceback:
             raise not_implemented(name) from None
+        verdict = diagnose(exc) if diagnose is not None else None
+        if verdict:
+            raise CheckFailure(f"{name} failed with {world_size} ranks: {verdict}") from None
         if exc.timed_out:
             raise CheckFailure(
                 f"{name} hung with {world_size} ranks: a rank waited more than {timeout_s} s in "

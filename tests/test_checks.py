@@ -167,3 +167,22 @@ def test_launch_check_puts_the_rank_s_mistake_on_the_first_line(fn, first_line):
     assert "original traceback from rank" in rest or "died with" in rest  # the evidence stays
     if fn is _wrong_dtype:
         assert "multiplied a float tensor by a double tensor" in first
+
+
+def test_launch_check_lets_an_exercise_diagnose_from_what_its_ranks_left():
+    seen = []
+
+    def diagnose(exc):
+        seen.append(exc)
+        return "rank 0 divided by zero on purpose" if "ZeroDivisionError" in exc.traceback else None
+
+    with pytest.raises(checks.CheckFailure,
+                       match=r"^m failed with 1 ranks: rank 0 divided by zero on purpose$"):
+        checks.launch_check("m", _divides_by_zero, 1, timeout_s=10, diagnose=diagnose)
+    assert seen and seen[0].rank == 0
+    with pytest.raises(checks.CheckFailure, match=r"^m failed with 1 ranks: rank 0 raised "):
+        checks.launch_check("m", _divides_by_zero, 1, timeout_s=10, diagnose=lambda exc: None)
+
+
+def _divides_by_zero(rank, world_size):
+    return 1 / 0

@@ -197,3 +197,19 @@ def test_measure_pipeline_ranks_measures_again_only_when_chunks_did_not_pay(monk
     assert ms.measure_pipeline_ranks({"d_in": 6}, 12, (1, 4), attempts=1)[1][4] == \
         pytest.approx(1 / 0.95)
     assert len(launches) == 1 and "measuring again" not in capsys.readouterr().out
+
+
+def test_best_of_keeps_the_fastest_run_after_a_warm_up():
+    times = iter([9.0, 3.0, 1.0, 2.0])  # the first call is the warm-up
+    calls = []
+
+    def run():
+        calls.append(1)
+        return ("out", next(times))
+
+    assert ms.best_of(run, 3) == ("out", 1.0) and len(calls) == 4
+
+
+def test_concurrency_is_busy_time_over_wall_time():
+    recs = [dict(start=0.0, end=2.0), dict(start=1.0, end=3.0)]
+    assert ms.concurrency(recs, 4.0) == 1.0 and ms.overlap_seconds(recs) == 1.0

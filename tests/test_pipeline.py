@@ -2,8 +2,9 @@
 
 Schedules, the simulator and layer balancing are pure Python: no process group, no GPU, checked
 against closed forms and against DeepSpeed / torch oracles. The real executor (``executor`` /
-``run``) runs in two launches in all (p=2 and p=3, gloo on CPU), shared through module fixtures;
-gradient tolerance float32, rtol=1e-5, atol=1e-6 against one process on the whole batch.
+``run``) runs GPipe, 1F1B, interleaved 1F1B and ZB-H1 in two launches in all (p=2 and p=3,
+gloo on CPU), shared through module fixtures; gradient tolerance float32, rtol=1e-5, atol=1e-6
+against one process on the whole batch.
 """
 import os
 from types import SimpleNamespace
@@ -138,6 +139,24 @@ def test_interleaved_matches_torch(p, k, v):
     m = k * p
     assert schedule_actions("interleaved", p, m, chunks=v) == torch_order(
         schedules.ScheduleInterleaved1F1B, p, m, v)
+
+
+@pytest.mark.parametrize("p, m", [(2, 4), (3, 6), (4, 8), (5, 12)])
+def test_torch_one_chunk_interleaved_holds_p_minus_1_minus_r_more_than_1f1b(p, m):
+    """Lab 03's correction: ScheduleInterleaved1F1B with one chunk warms up 2(p-1-r) forwards,
+    so stage r holds p-1-r more micro-batches than our 1F1B (one more only at p=2);
+    Schedule1F1B holds p-r, like ours (counted from its pipeline_order: passes, not labels)."""
+    schedules = pytest.importorskip("torch.distributed.pipelining.schedules")
+    ours = simulate(one_f_one_b(p, m)).peak_activations()
+    theirs = simulate(torch_order(schedules.ScheduleInterleaved1F1B, p, m, 1)).peak_activations()
+    assert ours == [p - r for r in range(p)]
+    assert [t - o for t, o in zip(theirs, ours)] == [p - 1 - r for r in range(p)]
+    stage = SimpleNamespace(stage_index=0, num_stages=p, group_rank=0, group_size=p,
+                            is_first=True, is_last=False, submod=None)
+    order = schedules.Schedule1F1B(stage, n_microbatches=m).pipeline_order
+    kinds = [[a.computation_type.value for a in order[r] if a is not None
+              and a.computation_type.value in ("F", "B")] for r in range(p)]
+    assert kinds == [[a.kind for a in row] for row in one_f_one_b(p, m)]
 
 
 @pytest.mark.parametrize("p", (2, 3, 4))
@@ -325,15 +344,16 @@ def _launch(model, p, configs):
 @pytest.fixture(scope="module")
 def p2():
     model = make_mlp(4, WIDTH, seed=0)
-    configs = [(s, m, 12) for s in ("gpipe", "1f1b") for m in (1, 2, 4)]
-    configs.append((CUSTOM_P2_M4, 4, 8))
+    configs = [(s, m, 12) for s in ("gpipe", "1f1b", "zb-h1") for m in (1, 2, 4)]
+    configs += [(CUSTOM_P2_M4, 4, 8), ("interleaved", 2, 8), ("interleaved", 4, 8)]
     return model, *_launch(model, 2, configs)
 
 
 @pytest.fixture(scope="module")
 def p3():
     model = make_mlp(7, WIDTH, seed=1)  # 7 layers on 3 stages: uneven, [3, 2, 2]
-    return model, *_launch(model, 3, [("gpipe", 3, 9), ("1f1b", 5, 10)])
+    return model, *_launch(model, 3, [("gpipe", 3, 9), ("1f1b", 5, 10), ("zb-h1", 4, 8),
+                                      ("interleaved", 3, 6)])
 
 
 @pytest.mark.parametrize("fixture", ["p2", "p3"])
@@ -355,17 +375,22 @@ def test_events_follow_schedule(fixture, request):
         actions = (run["schedule"] if isinstance(run["schedule"], list)
                    else schedule_actions(run["schedule"], p, m))
         assert events_follow(t, actions)
+        v, kinds = res.chunks, "FBW" if run["schedule"] == "zb-h1" else "FB"
+        assert t.chunks == v == (2 if run["schedule"] == "interleaved" else 1)
         for s in range(p):
             evs = t.stage_events(s)
-            assert sorted((e.kind, e.microbatch) for e in evs) == sorted(
-                (k, i) for k in "FB" for i in range(m))  # each F and B exactly once
+            assert sorted((e.kind, e.microbatch, e.chunk) for e in evs) == sorted(
+                (k, i, c) for k in kinds for i in range(m) for c in range(v))  # each pass once
             assert all(a.end <= b.start for a, b in zip(evs, evs[1:]))  # one pass at a time
-        done = {(e.kind, e.microbatch, e.stage): e for e in t.events}
-        for (kind, i, s), e in done.items():  # one host clock: data dependencies in time order
-            if kind == "F" and s > 0:
-                assert done["F", i, s - 1].end <= e.start
-            if kind == "B" and s < p - 1:
-                assert done["B", i, s + 1].end <= e.start
+        # one host clock: data dependencies in time order (virtual stage q = chunk * p + stage)
+        done = {(e.kind, e.microbatch, e.chunk * p + e.stage): e for e in t.events}
+        for (kind, i, q), e in done.items():
+            if kind == "F" and q > 0:
+                assert done["F", i, q - 1].end <= e.start
+            if kind == "B" and q < p * v - 1:
+                assert done["B", i, q + 1].end <= e.start
+            if kind == "W":
+                assert done["B", i, q].end <= e.start
         assert 0 <= t.bubble_fraction() < 1
 
 
@@ -390,12 +415,13 @@ def no_launch(monkeypatch):
     (2, 3, "1f1b", 6, 3, ValueError, r"3 stages but only 2 layers"),
     (4, 2, "interleaved", 6, 3, ValueError, r"multiple of stages"),
     (4, 4, "interleaved", 6, 3, ValueError, r"Use microbatches=4 \(the smallest multiple of 4\)"),
-    (4, 2, "interleaved", 8, 4, ValueError, r"executor runs gpipe and 1f1b"),
-    (4, 2, "zb-h1", 8, 4, ValueError, r"executor runs gpipe and 1f1b"),
+    (3, 2, "interleaved", 8, 4, ValueError, r"needs at least 4 layers"),
     (4, 2, "pipedream", 8, 4, ValueError, r"unknown schedule"),
     (4, 2, [["F0", "B0", "F1", "B1"], ["F0", "F1", "B0", "B1"]], 8, 2, PipelineDeadlock,
      r"deadlocks"),
-    (4, 2, [["F0", "B0", "W0"], ["F0", "B0", "W0"]], 8, 1, ValueError, r"W \(split backward\)"),
+    (4, 2, [["F1", "F0", "B1", "B0"], ["F0", "F1", "B0", "B1"]], 8, 2, ValueError,
+     r"stage 0 sends its activations to stage 1 in the order F1 F0, but stage 1 receives them "
+     r"in the order F0 F1.*NCCL matches point-to-point messages in posting order"),
     (4, 2, [["F0", "B0"]], 8, 1, ValueError, r"custom action lists are for 1 stages"),
 ])
 def test_bad_input_raises_before_launch(no_launch, layers, p, schedule, rows, m, error, match):
@@ -437,20 +463,25 @@ class _RecordingDist:
 
 
 @pytest.mark.parametrize("p, m, schedule", [(2, 4, "1f1b"), (3, 5, "1f1b"), (3, 3, "gpipe"),
-                                            (2, 4, CUSTOM_P2_M4)])
+                                            (2, 4, CUSTOM_P2_M4), (3, 4, "zb-h1"),
+                                            (2, 4, "interleaved"), (3, 6, "interleaved")])
 def test_each_group_is_a_one_way_fifo(monkeypatch, p, m, schedule):
     """NCCL ignores tags and runs one group's sends/receives in posting order: with a group per
     link *direction*, one side only sends and the other only receives, in the same order, so
-    nothing can queue behind a message that waits for the queue (the 1F1B deadlock)."""
+    nothing can queue behind a message that waits for the queue (the 1F1B deadlock), and each
+    receive gets the micro-batch it expects without looking at tags."""
     from labsupport.pipeline import executor
-    actions = schedule if isinstance(schedule, list) else schedule_actions(schedule, p, m)
-    modules, _ = split_model(make_mlp(p, WIDTH), p)
-    links = {"F": [f"F{k}" for k in range(p - 1)], "B": [f"B{k}" for k in range(p - 1)]}
+    v = 2 if schedule == "interleaved" else 1
+    actions = schedule if isinstance(schedule, list) else schedule_actions(schedule, p, m, v)
+    modules, _ = split_model(make_mlp(p * v, WIDTH), p, chunks=v)
+    pairs = p - 1 + (v > 1)  # interleaving adds the wrap-around pair (p-1, 0)
+    links = {"F": [f"F{k}" for k in range(pairs)], "B": [f"B{k}" for k in range(pairs)]}
     x, y = _data(2 * m, 0)
     log = []
     for s in range(p):
         monkeypatch.setattr(executor, "dist", _RecordingDist(s, log))
-        executor.run_stage(modules[s], x, y, m, actions[s], stage=s, stages=p,
+        mine = [modules[c * p + s] for c in range(v)]
+        executor.run_stage(mine if v > 1 else mine[0], x, y, m, actions[s], stage=s, stages=p,
                            in_shape=(2, WIDTH), out_shape=(2, WIDTH), links=links)
     assert {g for g, *_ in log} == set(links["F"] + links["B"])  # nothing on the default group
     for group in links["F"] + links["B"]:
@@ -458,6 +489,47 @@ def test_each_group_is_a_one_way_fifo(monkeypatch, p, m, schedule):
         sends = [(st, t) for st, op, t in ops if op == "send"]
         recvs = [(st, t) for st, op, t in ops if op == "recv"]
         k = int(group[1:])
-        sender, receiver = (k, k + 1) if group[0] == "F" else (k + 1, k)
+        sender, receiver = (k, (k + 1) % p) if group[0] == "F" else ((k + 1) % p, k)
         assert {st for st, _ in sends} == {sender} and {st for st, _ in recvs} == {receiver}
-        assert [t for _, t in sends] == [t for _, t in recvs] == list(range(m))
+        # posting order alone matches them (NCCL): the n-th send is the n-th receive's message
+        assert [t for _, t in sends] == [t for _, t in recvs]
+        assert len(sends) == m * (v if k < p - 1 else v - 1)  # the wrap pair skips chunk 0
+
+
+def test_nccl_order_rule_refuses_mismatched_links_before_launch(no_launch):
+    """Issue #19 item 4, provable on CPU: NCCL matches by posting order, not tag."""
+    from labsupport.pipeline import check_actions
+    bad = [["F1", "F0", "B1", "B0"], ["F0", "F1", "B0", "B1"]]
+    validate(bad)  # the simulator can run it: only the message matching is wrong
+    with pytest.raises(ValueError, match=r"NCCL matches point-to-point messages in posting "
+                                         r"order.*ignores tags.*wrong gradients and no error"):
+        check_actions(bad, 2, 2)
+    backwards = [["F0", "F1", "B1", "B0"], ["F0", "F1", "B0", "B1"]]
+    with pytest.raises(ValueError, match=r"stage 1 sends its gradients to stage 0 in the order "
+                                         r"B0 B1, but stage 0 receives them in the order B1 B0"):
+        check_actions(backwards, 2, 2)
+    for name, p, m in [("gpipe", 3, 4), ("1f1b", 4, 7), ("zb-h1", 3, 5), ("interleaved", 3, 6)]:
+        check_actions(name, p, m)  # the course's schedules keep both ends in step
+    torch_like = [["F0", "F1", "F2", "B0", "F3", "B1", "B2", "B3"],
+                  ["F0", "B0", "F1", "B1", "F2", "B2", "F3", "B3"]]
+    check_actions(torch_like, 2, 4)  # a different order, but the same on both ends of each link
+
+
+def test_executor_docstring_says_why_the_order_must_match():
+    from labsupport.pipeline import executor
+    doc = " ".join(executor.__doc__.split())
+    assert "NCCL matches point-to-point messages in *posting order* per communicator and " \
+           "ignores tags" in doc
+    assert "check_link_order" in doc
+
+
+def test_stage_cost_timing_synchronises_the_device(monkeypatch):
+    """Issue #19 item 8: every clock reading of time_stage_costs waits for the device first."""
+    import labsupport.devices
+    from labsupport.pipeline import time_stage_costs
+    calls = []
+    monkeypatch.setattr(labsupport.devices, "synchronize", lambda device: calls.append(str(device)))
+    modules, _ = split_model(make_mlp(2, WIDTH), 2)
+    x, y = _data(4, 0)
+    costs = time_stage_costs(modules, x, y, repeats=2)
+    assert len(costs["forward"]) == 2 and calls == ["cpu"] * (2 * 3 * 3)  # 3 clocks, 3 runs

@@ -1,4 +1,4 @@
-"""Check cells of Lab 02: the student's split forward and chunked forward against the references.
+"""Check cells of Lab 02: the student's split forward and micro-batch step against the references.
 
 CPU stand-ins are all ``cpu``, so a forgotten ``.to()`` can never raise there. The checks
 therefore also run the student's function with one partition on the ``meta`` device (a real
@@ -8,9 +8,10 @@ cuda:0 and cuda:1.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ..checks import CheckFailure, assert_grads_match, call_student, explain_mismatch, passed
-from .split import make_mlp, split_forward, split_model
+from .split import make_mlp, split_model
 
 CPU, META = torch.device("cpu"), torch.device("meta")
 RTOL, ATOL = 1e-5, 1e-6  # fp32; the split model does the same math in the same order
@@ -89,40 +90,97 @@ def check_split_forward(student_fn, name="split_forward"):
                  "gradients rtol=1e-4), result on devices[1], moves checked with a meta device")
 
 
-def _reversed_chunks(got, chunks, want):
-    sizes = [len(c) for c in want.chunk(chunks)]
-    return torch.allclose(got, torch.cat(want.split(sizes)[::-1]), rtol=RTOL, atol=ATOL)
+# (batch rows, chunks): even and uneven splits -- dividing by the number of micro-batches and
+# weighting by rows only agree on the even ones -- and one micro-batch per row.
+STEP_CASES = ((12, 3), (10, 4), (7, 7), (9, 1))
 
 
-def check_chunked_forward(student_fn, name="chunked_forward"):
-    """``student_fn(parts, x, devices, chunks)`` == the unchunked output, for several chunks."""
-    model = make_mlp(d_in=8, hidden=16, d_out=4, seed=5)
-    parts = split_model(model, [CPU, CPU])
-    calls = []
-    parts[0].register_forward_hook(lambda mod, inp, out: calls.append(len(inp[0])))
-    gen = torch.Generator().manual_seed(6)
-    for batch, chunks in ((12, 1), (12, 3), (12, 4), (10, 4), (8, 8)):
-        x = torch.randn(batch, 8, generator=gen)
+def _step_reference(model, x, t, weights):
+    """Gradients of sum_k weight_k * mse(micro-batch k) over x.chunk(len(weights))."""
+    model.zero_grad(set_to_none=True)
+    for xc, tc, w in zip(x.chunk(len(weights)), t.chunk(len(weights)), weights):
+        (nn.functional.mse_loss(model(xc), tc) * w).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def _same(grads, ref):
+    return all(torch.allclose(g, r, rtol=1e-4, atol=1e-6) for g, r in zip(grads, ref))
+
+
+def check_micro_batch_step(student_fn, name="micro_batch_step", cases=STEP_CASES):
+    """``student_fn(parts, x, target, devices, chunks)`` accumulates the whole batch's gradient
+    over ``chunks`` micro-batches and returns the whole batch's loss as a float."""
+    model = make_mlp(d_in=8, hidden=12, d_out=4, seed=7)
+    gen = torch.Generator().manual_seed(8)
+    names = [f"{part} {kind}" for part in ("part 0", "part 1") for kind in ("weight", "bias") * 2]
+    for rows, chunks in cases:
+        x, t = torch.randn(rows, 8, generator=gen), torch.randn(rows, 4, generator=gen)
+        pieces = [len(c) for c in x.chunk(chunks)]
+        where = f"batch of {rows} rows, chunks={chunks} (micro-batches of {pieces} rows)"
         with torch.no_grad():
-            want = split_forward(parts, x, [CPU, CPU])
-        calls.clear()
-        with torch.no_grad():
-            got = call_student(student_fn, parts, x, [CPU, CPU], chunks, name=name)
-        problem = explain_mismatch(got, want, what=f"{name}'s output", rtol=RTOL, atol=ATOL)
-        if problem:
-            if (isinstance(got, torch.Tensor) and got.shape == want.shape
-                    and _reversed_chunks(got, chunks, want)):
-                problem += "; the micro-batches come out in reverse order"
-            raise CheckFailure(f"batch {batch}, chunks={chunks}: {problem} (concatenate the "
-                               "chunk outputs along dim 0, in order)")
-        if batch % chunks == 0 and calls != [batch // chunks] * chunks:
-            raise CheckFailure(
-                f"batch {batch}, chunks={chunks}: part 0 ran on micro-batches of "
-                f"{calls} rows; expected {chunks} micro-batches of {batch // chunks} rows "
-                "(x.chunk(chunks, dim=0), each through the split model).")
-    _device_trap(student_fn, name, lambda parts, x, devs: (parts, x, devs, 2),
-                 "Each micro-batch must go through split_forward (or move its activation "
-                 "with .to(devices[1])).")
-    passed(name, "equals the unchunked output for 1, 3, 4 and 8 chunks (also 10 rows in 4 "
-                 f"chunks), rtol={RTOL:g}; one part-0 call per micro-batch")
-
+            loss = nn.functional.mse_loss(model(x), t).item()
+        want = _step_reference(model, x, t, [n / rows for n in pieces])
+        parts = split_model(model, [CPU, CPU])
+        calls = []
+        parts[0].register_forward_hook(lambda mod, inp, out: calls.append(len(inp[0])))
+        got = call_student(student_fn, parts, x, t, [CPU, CPU], chunks, name=name)
+        params = [q for part in parts for q in part.parameters()]
+        # any split into `chunks` micro-batches in order is right (x.chunk, torch.tensor_split)
+        if sum(calls) != rows or len(calls) not in (len(pieces), chunks):
+            too_many = calls and all(c <= chunks for c in calls) and len(calls) > len(pieces)
+            how = ("x.split(chunks) makes pieces of `chunks` rows; x.chunk(chunks) makes `chunks` "
+                   "pieces" if too_many else "run each micro-batch through the split model once")
+            raise CheckFailure(f"{where}: part 0 ran {len(calls)} time(s) on {calls} rows, "
+                               f"expected one run per micro-batch ({pieces} rows): {how}")
+        grads = [None if q.grad is None else q.grad for q in params]
+        if all(g is not None for g in grads) and not _same(grads, want):
+            even = len(set(pieces)) == 1
+            if _same(grads, _step_reference(model, x, t, [1.0] * len(pieces))):
+                problem = (f"the gradients are the sum of the {len(pieces)} micro-batch "
+                           "gradients, each of a mean loss: "
+                           f"{'%d× too large' % len(pieces) if even else 'too large'}. Weight "
+                           "each micro-batch's loss by its share of the batch (rows / B)")
+            elif not even and _same(grads, _step_reference(model, x, t,
+                                                           [1 / len(pieces)] * len(pieces))):
+                problem = (f"each micro-batch's loss is divided by the number of micro-batches "
+                           f"({len(pieces)}): right only when they are equally large; here they "
+                           f"have {pieces} rows, so weight each by its rows / {rows}")
+            elif len(pieces) > 1 and any(
+                    _same(grads, _step_reference(model, x, t, [w if k == len(pieces) - 1 else 0.0
+                                                                for k in range(len(pieces))]))
+                    for w in (1.0, pieces[-1] / rows, 1 / len(pieces))):
+                problem = ("only the last micro-batch's gradient is left: the earlier ones were "
+                           "zeroed or overwritten. Gradients must accumulate over the "
+                           "micro-batches (the check zeroes them before calling you)")
+            else:
+                problem = None
+            if problem:
+                raise CheckFailure(f"{where}: {problem}")
+        for (pname, g), w in zip(zip(names, grads), want):
+            if g is None:
+                raise CheckFailure(f"{where}: {pname} got no gradient: the autograd graph was "
+                                   "cut between the partitions (.detach(), .data or no_grad on "
+                                   "the activation), or backward never ran")
+            problem = explain_mismatch(g, w, what=f"gradient of {pname}", rtol=1e-4, atol=1e-6)
+            if problem:
+                raise CheckFailure(f"{where}: {problem}")
+        if isinstance(got, bool) or not isinstance(got, float):
+            raise CheckFailure(f"{where}: {name} returned a {type(got).__name__}; return the "
+                               "batch loss as a Python float (loss.item() of each weighted "
+                               "micro-batch loss, summed)")
+        if abs(got - loss) > 1e-5 * abs(loss) + 1e-7:
+            with torch.no_grad():
+                mean_of_means = sum(nn.functional.mse_loss(model(xc), tc).item() for xc, tc
+                                    in zip(x.chunk(chunks), t.chunk(chunks))) / len(pieces)
+            hint = ""
+            if abs(got - mean_of_means) <= 1e-5 * abs(mean_of_means):
+                hint = (f": that is the plain mean of the {len(pieces)} micro-batch losses; with "
+                        f"micro-batches of {pieces} rows weight each by its rows / {rows}")
+            elif abs(got - len(pieces) * loss) <= 1e-4 * abs(len(pieces) * loss):
+                hint = f": that is {len(pieces)}× the batch loss (the unweighted sum)"
+            raise CheckFailure(f"{where}: returned loss {got:.6g}, the batch's mean loss is "
+                               f"{loss:.6g}{hint}")
+    passed(name, f"gradients and loss equal the whole batch's for {len(cases)} batches, even and "
+                 "uneven micro-batches; one part-0 run per micro-batch")

@@ -58,3 +58,9 @@ def overlap_seconds(records) -> float:
             total += t - last
         busy, last = busy + step, t
     return total
+
+
+def concurrency(records, wall) -> float:
+    """Busy time summed over all rows divided by the wall time: how many devices were busy on
+    average (1 = never two at once, 2 = always both)."""
+    return sum(r["end"] - r["start"] for r in records) / wall

@@ -6,6 +6,7 @@
     parts = ms.split_model(model, devices)     # layers 1-2 on devices[0], 3-4 on devices[1]
     y = ms.split_forward(parts, x, devices)    # part 0, activation .to(devices[1]), part 1
     y = ms.chunked_forward(parts, x, devices, chunks=4)   # micro-batches, same result
+    loss = ms.micro_batch_step(parts, x, t, devices, 4)   # their gradients, accumulated
 
 Timing (``timed_forward``) uses CUDA events on GPUs and ``time.perf_counter`` on CPU and
 returns records for ``labsupport.pipeline.Timeline.from_records``. ``ranks.pipeline_rank`` runs
@@ -145,6 +146,14 @@ class _Clock:
         return mark - self.t0
 
 
+def best_of(fn, repeats: int):
+    """Run ``fn()`` ``repeats`` times after one warm-up; return the result whose last element
+    (a time) is the smallest: other users of the machine only ever slow a run down, so the
+    fastest is the least disturbed measurement (e.g. ``best_of(lambda: timed_forward(...), 3)``)."""
+    fn()
+    return min((fn() for _ in range(repeats)), key=lambda result: result[-1])
+
+
 def timed_forward(parts, x: torch.Tensor, devices, chunks: int = 1):
     """``chunked_forward`` with a busy interval recorded for every part call.
 
@@ -184,20 +193,33 @@ def timed_forward(parts, x: torch.Tensor, devices, chunks: int = 1):
     return torch.cat(outs, dim=0), records, wall
 
 
-def train_step(parts, x, target, devices, chunks: int = 1, lr: float = 0.1) -> float:
-    """One SGD step of the split model on MSE loss; micro-batches accumulate gradients.
+def micro_batch_step(parts, x, target, devices, chunks: int) -> float:
+    """Forward and backward of ``chunks`` micro-batches through the split model, one at a time.
 
-    Each chunk's loss is scaled by its share of the batch, so the summed gradient equals the
-    full-batch gradient (up to float rounding). Returns the full-batch loss.
+    Micro-batch k is ``x.chunk(chunks)[k]``. Its MSE loss is a mean over its own rows, so it is
+    weighted by its share of the batch (rows / B): the accumulated gradients then equal the whole
+    batch's mean-loss gradient also when the micro-batches are unequal (10 rows in 4 chunks are
+    3, 3, 3 and 1 rows). Each backward runs before the next forward, freeing that micro-batch's
+    activations. Gradients accumulate into the parameters' ``.grad`` (zero them before).
+
+    Returns:
+        the whole batch's mean loss, a Python float.
     """
-    for p in parts:
-        p.zero_grad(set_to_none=True)
     total = 0.0
     for xc, tc in zip(x.chunk(chunks), target.chunk(chunks)):
         out = split_forward(parts, xc, devices)
         loss = nn.functional.mse_loss(out, tc.to(out.device)) * (len(xc) / len(x))
         loss.backward()  # through .to(): part 1's input grad goes back to devices[0]
         total += loss.item()  # a Python float for the log; the graph is already used
+    return total
+
+
+def train_step(parts, x, target, devices, chunks: int = 1, lr: float = 0.1) -> float:
+    """One SGD step of the split model on MSE loss; micro-batches accumulate gradients
+    (``micro_batch_step``). Returns the full-batch loss."""
+    for p in parts:
+        p.zero_grad(set_to_none=True)
+    total = micro_batch_step(parts, x, target, devices, chunks)
     with torch.no_grad():
         for p in (q for part in parts for q in part.parameters()):
             p -= lr * p.grad

@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from .partition import balance_layers
-from .schedules import Action, check_sizes, normalize_schedule_name, schedule_actions
+from .schedules import (Action, check_link_order, check_sizes, normalize_schedule_name,
+                        schedule_actions)
 from .simulate import validate
 from .timeline import Timeline
 
-EXECUTABLE = ("gpipe", "1f1b")
+EXECUTABLE = ("gpipe", "1f1b", "interleaved", "zb-h1")
 
 
 def make_mlp(n_layers: int = 8, width: int = 256, seed: int = 0) -> nn.Sequential:
@@ -36,40 +37,51 @@ def make_mlp(n_layers: int = 8, width: int = 256, seed: int = 0) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
-def split_model(model: nn.Sequential, stages: int, costs=None):
-    """Cut an ``nn.Sequential`` into ``stages`` contiguous slices (``balance_layers``).
+def split_model(model: nn.Sequential, stages: int, costs=None, chunks: int = 1):
+    """Cut an ``nn.Sequential`` into ``stages * chunks`` contiguous slices (``balance_layers``).
+
+    With ``chunks`` v > 1 (interleaving) slice q is virtual stage q: rank ``q % stages`` holds
+    it as its chunk ``q // stages``.
 
     Returns:
-        (modules, balance): list of p ``nn.Sequential`` stage modules sharing the model's
+        (modules, balance): list of p*v ``nn.Sequential`` modules sharing the model's
         parameters, and the list of layer ranges.
     """
     if not isinstance(model, nn.Sequential):
         raise ValueError("the executor splits an nn.Sequential of layers; wrap your layers in one")
-    balance = balance_layers(len(model), stages, costs)
+    if chunks > 1 and stages * chunks > len(model):
+        raise ValueError(f"interleaving {chunks} chunks on {stages} stages needs at least "
+                         f"{stages * chunks} layers (one per chunk); the model has {len(model)}. "
+                         f"Use fewer chunks, or the '1f1b' schedule")
+    balance = balance_layers(len(model), stages * chunks, costs)
     return [nn.Sequential(*(model[i] for i in r)) for r in balance], balance
 
 
-def check_actions(schedule, stages: int, microbatches: int):
+def check_actions(schedule, stages: int, microbatches: int, chunks: int = 2):
     """The per-stage action lists to execute, checked. Raises before any process starts.
 
-    ``schedule`` is 'gpipe', '1f1b' or a custom list of per-stage lists of F/B actions.
+    ``schedule`` is 'gpipe', '1f1b', 'interleaved' (``chunks`` per rank), 'zb-h1' or a custom
+    list of per-stage lists of F/B(/W) actions (chunks inferred from them). Refused: an order
+    that deadlocks (``PipelineDeadlock``), and one whose two ends of a link handle micro-batches
+    in different orders (``schedules.check_link_order``: NCCL would mix them up silently).
+
+    Returns:
+        per-stage lists of Action (their largest chunk index + 1 is the chunks per rank).
     """
     check_sizes(stages, microbatches)
     if isinstance(schedule, (list, tuple)):
         actions, p, m, v = validate(schedule)  # raises PipelineDeadlock on an order that hangs
-        if (p, m, v) != (stages, microbatches, 1):
-            raise ValueError(f"the custom action lists are for {p} stages, {m} micro-batches, "
-                             f"{v} chunk(s); this run has stages={stages}, "
-                             f"microbatches={microbatches} and the executor runs 1 chunk")
-        if any(a.kind == "W" for row in actions for a in row):
-            raise ValueError("the executor runs a full backward B; W (split backward) passes "
-                             "are for the simulator only")
-        return actions
-    name = normalize_schedule_name(schedule)
-    actions = schedule_actions(name, stages, microbatches)  # interleaved: m % p checked here
-    if name not in EXECUTABLE:
-        raise ValueError(f"the executor runs {' and '.join(EXECUTABLE)} (one model chunk per "
-                         f"rank, full backward); simulate {name!r} with simulate() instead")
+        if (p, m) != (stages, microbatches):
+            raise ValueError(f"the custom action lists are for {p} stages, {m} micro-batches; "
+                             f"this run has stages={stages}, microbatches={microbatches}")
+    else:
+        name = normalize_schedule_name(schedule)
+        v = chunks if name == "interleaved" else 1
+        actions = schedule_actions(name, stages, microbatches, chunks=v)  # interleaved: m % p
+    if v > 1 and stages == 1:
+        raise ValueError("interleaving needs at least 2 stages: with one rank every chunk is "
+                         "on the same rank; use chunks=1")
+    check_link_order(actions, stages, v)
     return actions
 
 
@@ -100,6 +112,17 @@ class PipelineResult:
     balance: list
     schedule: str
     microbatches: int
+    chunks: int = 1
+
+
+def _boundary_shapes(modules, batch, mb):
+    """Shapes crossing each virtual-stage boundary (p*v+1 entries), for the receive buffers."""
+    with torch.no_grad():
+        x, shapes = batch[:mb], []
+        for mod in modules:
+            shapes.append(tuple(x.shape))
+            x = mod(x)
+        return shapes + [tuple(x.shape)]
 
 
 def run_pipelines(model, stages, runs, *, costs=None, loss_fn=None, warmup_steps=1,
@@ -107,8 +130,9 @@ def run_pipelines(model, stages, runs, *, costs=None, loss_fn=None, warmup_steps
     """Run several (schedule, batch, targets, m) steps in ONE launch of p ranks.
 
     Args:
-        model: ``nn.Sequential``; split with ``split_model(model, stages, costs)``.
-        runs: list of dicts with keys schedule, batch, targets, microbatches.
+        model: ``nn.Sequential``; split with ``split_model(model, stages, costs, chunks)``.
+        runs: list of dicts with keys schedule, batch, targets, microbatches, and chunks
+            (v, for 'interleaved'; default 2).
         warmup_steps: untimed steps before the timed ones, per run.
         repeats: timed steps per run; the one with the shortest makespan is kept (the CPU is
             shared: the fastest step is the one least disturbed by other processes).
@@ -116,32 +140,27 @@ def run_pipelines(model, stages, runs, *, costs=None, loss_fn=None, warmup_steps
             would give each rank cores // stages).
 
     Returns:
-        list of PipelineResult, one per run.
+        list of PipelineResult, one per run; ``grads`` in ``model.parameters()`` order.
     """
     from ..launcher import launch
     from .executor import stage_rank_main
 
-    modules, balance = split_model(model, stages, costs)
-    jobs, shapes = [], []
+    jobs, balances = [], []
     for r in runs:
         m = r["microbatches"]
-        actions = check_actions(r["schedule"], stages, m)
+        actions = check_actions(r["schedule"], stages, m, r.get("chunks", 2))
+        v = 1 + max(a.chunk for row in actions for a in row)
         mb = check_batch(r["batch"], r["targets"], m)
-        with torch.no_grad():  # shapes crossing each stage boundary, for the receive buffers
-            x, per_stage = r["batch"][:mb], []
-            for mod in modules:
-                per_stage.append(tuple(x.shape))
-                x = mod(x)
-            per_stage.append(tuple(x.shape))  # p+1 entries: stage s receives [s], sends [s+1]
-        jobs.append({"batch": r["batch"], "targets": r["targets"], "microbatches": m,
-                     "actions": [[tuple(a[:2]) for a in row] for row in actions]})
-        shapes.append(per_stage)
-    out = launch(stage_rank_main, stages, modules, jobs, shapes, loss_fn=loss_fn,
-                 warmup_steps=warmup_steps, repeats=repeats, threads=threads, timeout_s=timeout_s,
-                 backend=backend)
+        modules, balance = split_model(model, stages, costs, chunks=v)
+        jobs.append({"modules": modules, "shapes": _boundary_shapes(modules, r["batch"], mb),
+                     "batch": r["batch"], "targets": r["targets"], "microbatches": m,
+                     "chunks": v, "actions": [[tuple(a) for a in row] for row in actions]})
+        balances.append(balance)
+    out = launch(stage_rank_main, stages, jobs, loss_fn=loss_fn, warmup_steps=warmup_steps,
+                 repeats=repeats, threads=threads, timeout_s=timeout_s, backend=backend)
     results = []
     for j, r in enumerate(runs):
-        per_rank = [rank_out[j] for rank_out in out]
+        per_rank, v = [rank_out[j] for rank_out in out], jobs[j]["chunks"]
         same_host = len({o["host"] for o in per_rank}) == 1
         name = r["schedule"] if isinstance(r["schedule"], str) else "custom"
         timelines = []
@@ -154,15 +173,19 @@ def run_pipelines(model, stages, runs, *, costs=None, loss_fn=None, warmup_steps
                             for rec in o["steps"][k]["records"]]
             timelines.append(Timeline.from_records(records, stages, schedule=f"measured {name}"))
         timeline = min(timelines, key=lambda t: t.makespan)
-        results.append(PipelineResult(timeline, [g for o in per_rank for g in o["grads"]],
-                                      per_rank[-1]["loss"], balance, name, r["microbatches"]))
+        # virtual stage q = c*p + s is rank s's chunk c: model order is q = 0, 1, ...
+        grads = [g for q in range(stages * v) for g in per_rank[q % stages]["grads"][q // stages]]
+        results.append(PipelineResult(timeline, grads, per_rank[(stages * v - 1) % stages]["loss"],
+                                      balances[j], name, r["microbatches"], v))
     return results
 
 
-def run_pipeline(model, batch, targets, *, stages=2, microbatches=4, schedule="1f1b", **kwargs):
+def run_pipeline(model, batch, targets, *, stages=2, microbatches=4, schedule="1f1b", chunks=2,
+                 **kwargs):
     """One measured pipeline step; see ``run_pipelines`` for the keyword arguments."""
     return run_pipelines(model, stages, [dict(schedule=schedule, batch=batch, targets=targets,
-                                              microbatches=microbatches)], **kwargs)[0]
+                                              microbatches=microbatches, chunks=chunks)],
+                         **kwargs)[0]
 
 
 def single_device_grads(model, batch, targets, loss_fn=None):
@@ -177,89 +200,31 @@ def single_device_grads(model, batch, targets, loss_fn=None):
 
 
 def measured_stage_costs(timeline) -> dict:
-    """Median F and B duration per stage of a measured Timeline: costs to feed ``simulate``."""
-    costs = {}
-    for kind, key in (("F", "forward"), ("B", "backward")):
-        costs[key] = [median(e.duration for e in timeline.stage_events(s) if e.kind == kind)
-                      for s in range(timeline.stages)]
+    """Median duration of each pass kind per stage of a measured Timeline, for ``simulate``.
+
+    Returns ``forward`` and ``backward`` lists (one entry per stage, or per virtual stage,
+    chunk-major, when the run interleaved chunks); when the backward was split into B and W,
+    also ``backward_input`` (B) and ``backward_weight`` (W), and ``backward`` is their sum.
+    """
+    p, v = timeline.stages, max(timeline.chunks, 1)
+    kinds = {e.kind for e in timeline.events}
+
+    def per(kind):
+        cells = [(c, s) for c in range(v) for s in range(p)]  # chunk-major: virtual stage order
+        return [median(e.duration for e in timeline.stage_events(s)
+                       if e.kind == kind and e.chunk == c) for c, s in cells]
+
+    costs = {"forward": per("F")}
+    if "W" in kinds:
+        costs["backward_input"], costs["backward_weight"] = per("B"), per("W")
+        costs["backward"] = [b + w for b, w in zip(costs["backward_input"],
+                                                   costs["backward_weight"])]
+    else:
+        costs["backward"] = per("B")
     return costs
 
 
 def events_follow(timeline, actions) -> bool:
     """True when every stage ran exactly its action list, in that order."""
-    return all([(e.kind, e.microbatch) for e in timeline.stage_events(s)]
-               == [tuple(Action.parse(a)[:2]) for a in row] for s, row in enumerate(actions))
-
-
-def time_stage_costs(modules, micro_batch, micro_targets, *, repeats=7, loss_fn=None) -> dict:
-    """Time each stage's F and B on one micro-batch, one stage at a time, in THIS process.
-
-    Use when ranks would outnumber cores: timing p processes on fewer cores measures the
-    sharing, not the pipeline. Fastest of ``repeats`` after one warm-up, in ms (on a shared
-    CPU the fastest run is the one least disturbed by other processes).
-
-    Returns:
-        {'forward': [ms per stage], 'backward': [ms per stage]} for ``simulate(**costs)``.
-    """
-    import time
-
-    loss_fn = loss_fn or nn.functional.mse_loss
-    costs = {"forward": [], "backward": []}
-    x = micro_batch
-    for s, mod in enumerate(modules):
-        last = s == len(modules) - 1
-        fwd, bwd = [], []
-        for _ in range(repeats + 1):
-            inp = x.detach().requires_grad_(s > 0)  # stage 0 needs no input gradient
-            t0 = time.perf_counter_ns()
-            out = mod(inp)
-            t1 = time.perf_counter_ns()
-            if last:
-                loss_fn(out, micro_targets).backward()
-            else:
-                out.backward(torch.ones_like(out))
-            t2 = time.perf_counter_ns()
-            fwd.append((t1 - t0) / 1e6)
-            bwd.append((t2 - t1) / 1e6)
-        mod.zero_grad(set_to_none=True)
-        costs["forward"].append(min(fwd[1:]))
-        costs["backward"].append(min(bwd[1:]))
-        x = out.detach()
-    return costs
-
-
-def _time_whole_model(rank, world_size, model, batch, targets, threads, repeats, loss_fn):
-    import time
-
-    from ..devices import rank_device, synchronize
-
-    loss_fn = loss_fn or nn.functional.mse_loss
-    device = rank_device()  # gloo: the CPU; NCCL: this rank's GPU
-    model, batch, targets = model.to(device), batch.to(device), targets.to(device)
-    out = {}
-    for n in threads:
-        torch.set_num_threads(n)  # CPU threads; on a GPU they only launch kernels
-        times = []
-        for _ in range(repeats + 1):  # the first step warms up the allocator
-            model.zero_grad(set_to_none=True)
-            synchronize(device)
-            t0 = time.perf_counter_ns()
-            loss_fn(model(batch), targets).backward()
-            synchronize(device)  # GPU kernels are queued: time them finished
-            times.append((time.perf_counter_ns() - t0) / 1e6)
-        out[n] = min(times[1:])  # shared CPU: the least disturbed step, like run_pipelines
-    return out
-
-
-def single_process_ms(model, batch, targets, *, threads=(1, 2), repeats=5, loss_fn=None,
-                      backend="gloo"):
-    """ms per training step (forward + backward, whole batch) of the whole model in ONE fresh
-    process, for each thread count: the baseline a pipeline on the same cores must beat.
-
-    ``backend='gloo'`` (default) times a CPU process, whatever GPUs exist; ``'nccl'`` times the
-    model on one GPU (the baseline for a pipeline whose ranks ran on GPUs).
-    """
-    from ..launcher import launch
-
-    return launch(_time_whole_model, 1, model, batch, targets, tuple(threads), repeats,
-                  loss_fn, backend=backend)[0]
+    return all([(e.kind, e.microbatch, e.chunk) for e in timeline.stage_events(s)]
+               == [tuple(Action.parse(a)) for a in row] for s, row in enumerate(actions))

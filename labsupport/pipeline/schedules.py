@@ -168,6 +168,69 @@ def zb_h1(stages: int, microbatches: int) -> list[list[Action]]:
     return result
 
 
+def link_messages(actions, stages: int, chunks: int = 1) -> dict:
+    """What crosses each link between neighbouring ranks, in the order each end posts it.
+
+    Virtual stage ``q = chunk * p + stage`` sends micro-batch i's activation to ``q + 1`` after
+    its F, and the gradient w.r.t. its input to ``q - 1`` after its B; rank s's neighbours are
+    ``(s + 1) % p`` and ``(s - 1) % p`` (with interleaving the last rank feeds rank 0's next
+    chunk). Actions are parsed with ``Action.parse``; W passes send nothing.
+
+    Returns:
+        ``{(kind, src, dst): (sent, received)}`` for every link that carries a message: ``kind``
+        'F' (activations) or 'B' (gradients), ``src``/``dst`` ranks, ``sent`` the sender's
+        messages in its action order and ``received`` the receiver's, each message
+        ``(microbatch, receiving virtual stage)``.
+    """
+    p, last = stages, stages * chunks - 1
+    links: dict = {}
+    for s, row in enumerate(actions):
+        for a in map(Action.parse, row):
+            q = a.chunk * p + s
+            if a.kind == "F":
+                out, inp = (q < last, q + 1), (q > 0, q)  # activation to q+1 / from q-1
+            elif a.kind == "B":
+                out, inp = (q > 0, q - 1), (q < last, q)  # gradient to q-1 / from q+1
+            else:
+                continue
+            step = 1 if a.kind == "F" else -1
+            if out[0]:
+                links.setdefault((a.kind, s, (s + step) % p), ([], []))[0].append(
+                    (a.microbatch, out[1]))
+            if inp[0]:
+                links.setdefault((a.kind, (s - step) % p, s), ([], []))[1].append(
+                    (a.microbatch, inp[1]))
+    return links
+
+
+def check_link_order(actions, stages: int, chunks: int = 1) -> None:
+    """Raise ValueError unless both ends of every link handle its messages in the same order.
+
+    Why: NCCL matches point-to-point messages in *posting order* per communicator and ignores
+    tags. If stage s sends micro-batches 1, 0 while stage s+1 receives 0, 1, NCCL hands
+    micro-batch 1's activation to the receive meant for micro-batch 0: the step runs, with
+    wrong gradients and no error (gloo, which matches by tag, gives the right ones -- so the
+    bug only shows on GPUs). The executor posts each link's sends and receives in action
+    order, so the two ends' action lists must agree on each link's micro-batch order.
+    """
+    messages = link_messages(actions, stages, chunks)
+    for kind, src, dst in sorted(messages, key=lambda key: (key[0] != "F", key[1:])):
+        sent, received = messages[kind, src, dst]
+        if sent != received:
+            what = "activations" if kind == "F" else "gradients"
+            fmt = (lambda msgs: " ".join(f"{kind}{i}" + (f"c{q // stages}" if chunks > 1 else "")
+                                         for i, q in msgs))
+            k = next(j for j, (x, y) in enumerate(zip(sent + [None], received + [None])) if x != y)
+            raise ValueError(
+                f"stage {src} sends its {what} to stage {dst} in the order {fmt(sent)}, but "
+                f"stage {dst} receives them in the order {fmt(received)} (they differ at message "
+                f"{k + 1}). NCCL matches point-to-point messages in posting order on each "
+                f"communicator and ignores tags, so stage {dst} would compute on another "
+                f"micro-batch's {what[:-1]}: wrong gradients and no error (gloo matches by tag "
+                f"and hides it). Put the {'forwards' if kind == 'F' else 'backwards'} that cross "
+                f"this link in the same micro-batch order in both stages' lists")
+
+
 def schedule_actions(schedule: str, stages: int, microbatches: int, chunks: int = 2):
     """Per-stage ordered action lists of a named schedule.
 

@@ -106,7 +106,8 @@ def _check_complete(actions, stages=None, microbatches=None, chunks=None):
 
 
 def simulate_actions(actions, *, forward=1, backward=None, backward_input=None,
-                     backward_weight=None, send=0, chunks=None, name="custom") -> Timeline:
+                     backward_weight=None, send=0, chunks=None, name="custom",
+                     durations=None) -> Timeline:
     """Simulate per-stage action lists (e.g. a student's own 1F1B order).
 
     Args:
@@ -118,6 +119,8 @@ def simulate_actions(actions, *, forward=1, backward=None, backward_input=None,
             three are given).
         send: latency added when an activation or gradient moves to another rank (default 0).
         chunks: chunks per rank; inferred from the actions when None.
+        durations: optional ``{(stage, kind, microbatch, chunk): duration}`` for single passes
+            (e.g. each pass as a measured run timed it); the costs above fill the rest.
         Each cost is a number (a whole rank's cost, split evenly over its chunks) or a list:
         one entry per stage, or per virtual stage (p*chunks entries, chunk-major).
 
@@ -170,7 +173,9 @@ def simulate_actions(actions, *, forward=1, backward=None, backward_input=None,
                     break
                 ready = [done[d][0] + (send if done[d][1] != s else 0) for d in deps]
                 start = max([free_at[s]] + ready)
-                end = start + _per_pass(cost[a.kind], s, a.chunk, p, v)
+                key = (s, a.kind, a.microbatch, a.chunk)
+                own = None if durations is None else durations.get(key)
+                end = start + (_per_pass(cost[a.kind], s, a.chunk, p, v) if own is None else own)
                 done[(a.kind, a.microbatch, a.chunk * p + s)] = (end, s)
                 events.append(Event(s, a.chunk, a.kind, a.microbatch, start, end))
                 free_at[s], pos[s], progress = end, pos[s] + 1, True
@@ -231,3 +236,18 @@ def simulate(schedule, stages=None, microbatches=None, *, chunks=2, **costs) -> 
     check_sizes(stages, microbatches, v)
     actions = schedule_actions(name, stages, microbatches, chunks=v)
     return simulate_actions(actions, chunks=v, name=name, **costs)
+
+
+def replay(timeline, send=0, name=None) -> Timeline:
+    """Simulate a measured run again: each stage's passes in the order it ran them, each lasting
+    exactly as long as it was measured, plus ``send`` on every hand-off between ranks.
+
+    What is left between the replay and the measurement is neither compute nor the modelled
+    send: waiting that the schedule and the costs do not explain (other processes on the cores,
+    a rank woken late). With ``send=0`` it is the pure schedule with the measured passes.
+    """
+    rows = [[Action(e.kind, e.microbatch, e.chunk) for e in timeline.stage_events(s)]
+            for s in range(timeline.stages)]
+    durations = {(e.stage, e.kind, e.microbatch, e.chunk): e.duration for e in timeline.events}
+    return simulate_actions(rows, send=send, durations=durations,
+                            name=name or f"replay of {timeline.schedule}")
