@@ -57,7 +57,7 @@ def test_checkpointed_mlp_has_plain_gradients():
 
 
 @pytest.mark.parametrize("mode,k", [("segments", 1), ("segments", 3), ("segments", 8),
-                                    ("sequential", 4), ("selective", 1)])
+                                    ("sequential", 4), ("pointwise", 1)])
 def test_stack_modes_keep_gradients_and_the_predicted_memory(mode, k):
     L = 8
     x = torch.randn(T, D)
@@ -197,10 +197,13 @@ def test_progression_at_t2_equals_the_adapted_formulas_on_every_rank():
     assert "= measured" in ck.explain_ratio(by[("none", 64)])
 
 
-def test_selective_policy_keeps_matmuls_only():
+def test_pointwise_policy_keeps_matmuls_only():
     addmm, gelu = torch.ops.aten.addmm.default, torch.ops.aten.gelu.default
-    assert ck.selective_policy(None, addmm) == CheckpointPolicy.MUST_SAVE
-    assert ck.selective_policy(None, gelu) == CheckpointPolicy.PREFER_RECOMPUTE
+    assert ck.pointwise_policy(None, addmm) == CheckpointPolicy.MUST_SAVE
+    assert ck.pointwise_policy(None, gelu) == CheckpointPolicy.PREFER_RECOMPUTE
+    assert ck.selective_policy is ck.pointwise_policy            # its old name
+    with pytest.raises(ValueError, match="no attention core.*mode='pointwise'"):
+        ck.Stack(4, 16, "selective")
 
 
 def test_time_modes_reports_every_model_and_the_forward():

@@ -21,8 +21,8 @@ from .formulas import (adaptation_steps, best_segments, korthikanti_bytes, korth
                        pointwise_policy_terms, predict_mlp_saved_bytes, segment_memory,
                        transformer_block_bytes, transformer_block_terms)
 from .models import (MATMUL_OPS, CheckpointedMLP, SeedMLP, Stack, checkpointed_mlp_forward,
-                     mid_block, selective_context, selective_policy, split_evenly, thin_block,
-                     wide_block)
+                     mid_block, pointwise_context, pointwise_policy, selective_context,
+                     selective_policy, split_evenly, thin_block, wide_block)
 from .progression import (VARIANTS, assert_progression, config_name, explain_ratio,
                           format_progression, measure_progression, progression_table)
 from .report import assert_segment_model, block_units, format_segment_table, segment_table
@@ -32,7 +32,8 @@ from .transformer import AttentionCore, ParallelTransformerBlock, TransformerBlo
 
 __all__ = ["SeedMLP", "CheckpointedMLP", "checkpointed_mlp_forward", "Stack", "TransformerBlock",
            "ParallelTransformerBlock", "AttentionCore", "wide_block", "mid_block", "thin_block",
-           "split_evenly", "selective_policy", "selective_context", "MATMUL_OPS",
+           "split_evenly", "pointwise_policy", "pointwise_context", "selective_policy",
+           "selective_context", "MATMUL_OPS",
            "checkpoint_segments", "choose_segments", "choose_segments_exact",
            "predict_mlp_saved_bytes", "segment_memory", "best_segments", "korthikanti_bytes",
            "korthikanti_layer_bytes", "transformer_block_terms", "transformer_block_bytes",

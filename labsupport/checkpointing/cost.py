@@ -6,7 +6,10 @@ one-extra-forward prediction from them, and the run set against it.
     print(v.text())
 
 Clock: :func:`~labsupport.checkpointing.sweep.median_time`'s -- the process's CPU time on a CPU
-(other jobs on shared cores do not inflate it), synchronised wall time on a GPU.
+(other jobs on shared cores do not inflate it), synchronised wall time on a GPU. On a CPU run with
+``torch.set_num_threads(1)``, as Lab 05 does: CPU time counts every thread, and on a loaded
+machine intra-op threads spin-waiting on each other inflate it erratically (measured here: a
+30 ms step read 200-900 ms of CPU time with two threads, in no stable order).
 """
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ def best_segments(layers: int, x: float, a: float, g: float = 0.0) -> tuple[int,
 def pointwise_policy_terms(s: int, b: int, h: int, a: int, e: int = 4) -> dict[str, float]:
     """What Lab 05's ``TransformerBlock(recompute="pointwise")`` keeps per layer, in bytes: torch's
     selective-checkpoint policy that saves every matmul's output and recomputes the rest
-    (:func:`~labsupport.checkpointing.models.selective_policy`). Not the paper's selective
+    (:func:`~labsupport.checkpointing.models.pointwise_policy`). Not the paper's selective
     recomputation: one of those matmul outputs is QKᵀ, the ``[b, a, s, s]`` scores."""
     sbh = s * b * h
     return {"block input (kept by the checkpoint)": e * sbh,

@@ -80,7 +80,7 @@ def split_evenly(n: int, k: int) -> list[range]:
     return balance_layers(n, k)
 
 
-def selective_policy(ctx, op, *args, **kwargs):
+def pointwise_policy(ctx, op, *args, **kwargs):
     """The *pointwise-recompute* policy for torch's selective checkpoint API: keep every matmul's
     output (:data:`MATMUL_OPS`), recompute everything else (LayerNorm, GELU, softmax ...).
 
@@ -95,10 +95,15 @@ def selective_policy(ctx, op, *args, **kwargs):
     return CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def selective_context():
+def pointwise_context():
+    """``context_fn`` for ``checkpoint`` running :func:`pointwise_policy`."""
     from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
-    return create_selective_checkpoint_contexts(selective_policy)
+    return create_selective_checkpoint_contexts(pointwise_policy)
+
+
+# The names this policy had before it was named for what it does (kept for old notebooks).
+selective_policy, selective_context = pointwise_policy, pointwise_context
 
 
 BLOCKS = {"wide": wide_block, "mid": mid_block, "thin": thin_block}
@@ -113,8 +118,10 @@ class Stack(nn.Module):
                       non-reentrant ``checkpoint`` (only segment inputs are kept).
         "sequential": ``torch.utils.checkpoint.checkpoint_sequential`` with ``segments``: its
                       last segment runs without checkpoint (see the lab).
-        "selective":  every block checkpointed with :func:`selective_policy` (matmul outputs
-                      kept, LayerNorm/GELU recomputed).
+        "pointwise":  every block checkpointed with :func:`pointwise_policy` (matmul outputs
+                      kept, LayerNorm/GELU recomputed). These blocks have no attention core,
+                      so Korthikanti et al.'s selective recomputation has nothing to act on
+                      here (it is ``TransformerBlock(recompute="selective")``).
     ``segments=layers`` in "segments" mode checkpoints every block.
     """
 
@@ -125,6 +132,13 @@ class Stack(nn.Module):
         make = BLOCKS[block]
         self.blocks = nn.Sequential(*(make(d) for _ in range(layers)))
         self.mode, self.segments = mode, segments
+        if mode == "selective":
+            raise ValueError("Stack's blocks have no attention core for selective recomputation "
+                             "(that is TransformerBlock(recompute='selective')); the policy that "
+                             "keeps matmul outputs and recomputes the rest is mode='pointwise'")
+        if mode not in ("none", "segments", "sequential", "pointwise"):
+            raise ValueError(f"unknown mode {mode!r}: use 'none', 'segments', 'sequential' or "
+                             "'pointwise'")
         if mode in ("segments", "sequential"):
             split_evenly(layers, segments)  # validate now, not in forward
 
@@ -133,9 +147,9 @@ class Stack(nn.Module):
             return self.blocks(x)
         if self.mode == "sequential":
             return checkpoint_sequential(self.blocks, self.segments, x, use_reentrant=False)
-        if self.mode == "selective":
+        if self.mode == "pointwise":
             for blk in self.blocks:
-                x = checkpoint(blk, x, use_reentrant=False, context_fn=selective_context)
+                x = checkpoint(blk, x, use_reentrant=False, context_fn=pointwise_context)
             return x
         if self.mode == "segments":
             for seg in split_evenly(len(self.blocks), self.segments):

@@ -166,8 +166,9 @@ def format_progression(table) -> str:
                          f"({same}{len(r['per_rank'])})"
                          f"{r['formula'] / 1024:>9.1f}{r['paper'] / 1024:>9.1f}{r['ratio']:>11.2f}"
                          f"{'' if r['exact'] else '  ← differs from the formula'}")
-    lines.append("(=n: the same bytes on all n ranks; formula: the paper's accounting adapted to "
-                 "this block; paper: Korthikanti et al. Table 2, 16-bit with dropout)")
+    lines.append("(=n: the same bytes on all n ranks that measured it -- at t < max(t), several "
+                 "groups of t; formula: the paper's accounting adapted to this block; paper: "
+                 "Korthikanti et al. Table 2, 16-bit with dropout)")
     return "\n".join(lines)
 
 

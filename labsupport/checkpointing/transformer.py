@@ -15,7 +15,7 @@ Korthikanti et al.), fp32, no dropout::
   recomputed in backward (the checkpoint keeps only its inputs Q, K, V);
 * ``"full"``: the whole block under ``checkpoint``: only its input is kept;
 * ``"pointwise"``: torch's selective-checkpoint *policy* API with
-  :func:`~labsupport.checkpointing.models.selective_policy` -- keep every matmul's output,
+  :func:`~labsupport.checkpointing.models.pointwise_policy` -- keep every matmul's output,
   recompute the pointwise ops. Not the paper's choice: a matmul output it keeps is QKᵀ, the
   ``[b, a, s, s]`` scores.
 
@@ -97,9 +97,9 @@ class TransformerBlock(nn.Module):
         if self.recompute == "full":
             return checkpoint(self.body, x, use_reentrant=False)
         if self.recompute == "pointwise":
-            from .models import selective_context
+            from .models import pointwise_context
 
-            return checkpoint(self.body, x, use_reentrant=False, context_fn=selective_context)
+            return checkpoint(self.body, x, use_reentrant=False, context_fn=pointwise_context)
         return self.body(x)
 
     def body(self, x):
