@@ -332,3 +332,14 @@ def test_progression_plot_builds_headless():
     table = ck.progression_table(ck.measure_progression(ts=(1,), seq_lens=(8, 16), h=16, heads=2))
     fig = plot_progression(table)
     assert len(fig.axes) == 2 and all(ax.get_yscale() == "log" for ax in fig.axes)
+
+
+def test_segment_choice_names_the_best_and_checks_the_claims():
+    rows = ck.segment_sweep(8, 16, 256, range(9), block="thin", device=torch.device("cpu"))
+    c = ck.segment_choice(rows, 8, 16, 256, "thin")
+    assert c["best"] == min(c["peaks"], key=lambda k: (c["peaks"][k], k))
+    assert c["chosen"] == ck.choose_segments(8, c["a"], c["x"]) and c["root"] == 3
+    assert ck.format_segment_choice("thin", c).startswith("thin: measured best k = ")
+    ck.assert_segment_choice(c, exact=True)
+    with pytest.raises(AssertionError, match="best k=8"):
+        ck.assert_segment_choice(dict(c, best=8), exact=True)

@@ -25,7 +25,8 @@ from .models import (MATMUL_OPS, CheckpointedMLP, SeedMLP, Stack, checkpointed_m
                      selective_policy, split_evenly, thin_block, wide_block)
 from .progression import (VARIANTS, assert_progression, config_name, explain_ratio,
                           format_progression, measure_progression, progression_table)
-from .report import assert_segment_model, block_units, format_segment_table, segment_table
+from .report import (assert_segment_choice, assert_segment_model, block_units,
+                     format_segment_choice, format_segment_table, segment_choice, segment_table)
 from .segments import checkpoint_segments, choose_segments, choose_segments_exact
 from .sweep import default_device, median_time, memory_row, segment_sweep, step_time, time_modes
 from .transformer import AttentionCore, ParallelTransformerBlock, TransformerBlock
@@ -43,4 +44,5 @@ __all__ = ["SeedMLP", "CheckpointedMLP", "checkpointed_mlp_forward", "Stack", "T
            "compare_recompute", "format_recompute", "transformer_stack",
            "VARIANTS", "measure_progression", "progression_table", "format_progression",
            "assert_progression", "explain_ratio", "config_name",
-           "block_units", "segment_table", "format_segment_table", "assert_segment_model"]
+           "block_units", "segment_table", "format_segment_table", "assert_segment_model",
+           "segment_choice", "format_segment_choice", "assert_segment_choice"]
