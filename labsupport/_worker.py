@@ -37,6 +37,19 @@ def _die_with_parent(parent_pid):
     threading.Thread(target=watchdog, daemon=True, name="labsupport-watchdog").start()
 
 
+def _rank_guard():
+    """A callable to run after ``fn``, from ``LABSUPPORT_RANK_GUARD="module:function"`` (set by
+    ``labs grade``: it checks this rank for tampering), else None. Called before the payload is
+    loaded, so code run by unpickling is watched too."""
+    spec = os.environ.get("LABSUPPORT_RANK_GUARD")
+    if not spec:
+        return None
+    import importlib
+
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)()
+
+
 def _write_result(path, outcome):
     import torch
 
@@ -88,6 +101,7 @@ def main():
     faulthandler.enable()  # a segfault or abort still leaves a Python stack in the rank's log
     store = None
     try:
+        guard = _rank_guard()
         with open(os.environ["LABSUPPORT_PAYLOAD"], "rb") as f:
             fn, args, kwargs = pickle.load(f)  # cloudpickle's output is plain pickle data
         store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
@@ -102,6 +116,8 @@ def main():
                                 store=dist.PrefixStore("pg", store), rank=rank,
                                 world_size=world, timeout=timeout)
         value = fn(rank, world, *args, **kwargs)
+        if guard is not None:
+            guard()
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
         sys.stdout.flush()
         sys.stderr.flush()

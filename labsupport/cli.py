@@ -58,8 +58,20 @@ def cmd_grade(args):
         return 2
     if not course.lab_paths():
         raise course.BuildError(f"no labs in {course.repo_root() / 'solutions'}: run from the course")
+    if min(args.max_memory_gib, args.max_processes, args.max_file_mib) <= 0:
+        print("labs grade: --max-memory-gib, --max-processes and --max-file-mib must be positive",
+              file=sys.stderr)
+        return 2
+    limits = grading.Limits(memory_bytes=int(args.max_memory_gib * (1 << 30)),
+                            processes=args.max_processes,
+                            file_bytes=int(args.max_file_mib * (1 << 20)))
+    import signal
+
+    # A terminated run still removes its temporary folders and kernels (the finally blocks run).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = grading.grade(paths, timeout_s=args.timeout, cell_timeout_s=args.cell_timeout,
-                            progress=lambda p: print(f"grading {p} ...", flush=True))
+                            progress=lambda p: print(f"grading {p} ...", flush=True),
+                            limits=limits, skip_demos=not args.run_demos)
     print()
     print(grading.format_table(results))
     grading.write_csv(results, args.csv)
@@ -126,6 +138,8 @@ def cmd_open(args):
 
 
 def main(argv=None):
+    from .grading.isolation import Limits
+
     parser = argparse.ArgumentParser(prog="labs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -147,6 +161,15 @@ def main(argv=None):
     p.add_argument("--csv", default="grades.csv", help="where to write the grades (default grades.csv)")
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed per notebook")
     p.add_argument("--cell-timeout", type=float, default=120, help="seconds allowed per cell")
+    defaults = Limits()
+    p.add_argument("--max-memory-gib", type=float, default=defaults.memory_bytes / (1 << 30),
+                   help="memory per submission, kernel and ranks together (default %(default)g)")
+    p.add_argument("--max-processes", type=int, default=defaults.processes,
+                   help="processes per submission (default %(default)d)")
+    p.add_argument("--max-file-mib", type=float, default=defaults.file_bytes / (1 << 20),
+                   help="largest file a submission may write (default %(default)g)")
+    p.add_argument("--run-demos", action="store_true",
+                   help="also run demonstration cells (slower; the grades are the same)")
     p.set_defaults(func=cmd_grade)
 
     p = sub.add_parser("check", help="report CPUs, GPUs, the distributed backend and versions")

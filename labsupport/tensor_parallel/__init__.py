@@ -12,6 +12,8 @@
   ``all_gather_sequence`` / ``reduce_scatter_sequence``), ``sync_sequence_parallel_grads``.
 - ``block``: TransformerBlock (dense) and ParallelTransformerBlock (tensor parallel, with a
   ``sequence_parallel`` switch).
+- ``vocab``: VocabParallelEmbedding and vocab_parallel_cross_entropy (the vocabulary split
+  over ranks, Megatron's three all-reduces; logits never gathered), padded_vocab_size.
 - ``counting``: ``count_collectives()`` -- which collectives ran, forward or backward, how big.
 - ``comm_bytes``: loopback byte counters and the all-gather / ring all-reduce formulas.
 - ``torch_tp``: the same MLP and block via torch.distributed.tensor.parallel, as oracles.
@@ -76,6 +78,8 @@ from .sequence import (
     sync_sequence_parallel_grads,
 )
 from .torch_tp import torch_parallel_mlp, torch_sequence_parallel_block
+from .vocab import (VocabParallelCrossEntropy, VocabParallelEmbedding, padded_vocab_size,
+                    vocab_parallel_cross_entropy)
 
 __all__ = [
     "column_parallel_matmul", "row_parallel_matmul", "column_shard", "row_shard",
@@ -93,4 +97,6 @@ __all__ = [
     "loopback_bytes", "LoopbackCounters", "all_gather_bytes", "reduce_scatter_bytes",
     "ring_all_reduce_bytes",
     "torch_parallel_mlp", "torch_sequence_parallel_block",
+    "VocabParallelEmbedding", "VocabParallelCrossEntropy", "vocab_parallel_cross_entropy",
+    "padded_vocab_size",
 ]
