@@ -294,23 +294,19 @@ def _submission(student, which):
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    """Three submissions; exercise j is in state (i + j) mod 3 in submission i. Graded against the
-    lab with its demonstration cells left out (grading skips them; none defines a name a check
-    needs), once each."""
-    root = tmp_path_factory.mktemp("course")
-    (root / "solutions").mkdir()
-    solution = nbformat.read(course.find_lab("05", ROOT), as_version=4)
-    solution.cells = [c for c in solution.cells if not course.is_demo_cell(c)]
-    nbformat.write(solution, root / "solutions" / course.find_lab("05", ROOT).name)
-    labs = grading.load_solutions(root)
+    """Three submissions; exercise j is in state (i + j) mod 3 in submission i. Each graded once
+    by `labs grade` (demonstration cells skipped)."""
+    folder = tmp_path_factory.mktemp("lab05_submissions")
+    (lab,) = [lab for lab in grading.load_solutions(ROOT) if lab.path.stem.startswith("05_")]
     student = nbformat.read(course.find_lab("05", ROOT, "notebooks"), as_version=4)
     states = {}
     for i in range(3):
         which = {gid: STATES[(i + j) % 3] for j, gid in enumerate(ORDER)}
-        path = root / f"student{i}_05.ipynb"
+        path = folder / f"student{i}_05.ipynb"
         nbformat.write(_submission(student, which), path)
-        for r in grading.grade_submission(path, labs):
-            states[(r.grade_id.removeprefix("check_"), which[r.grade_id.removeprefix("check_")])] = r
+        for r in grading.grade_submission(path, [lab], timeout_s=300, cell_timeout_s=120):
+            gid = r.grade_id.removeprefix("check_")
+            states[(gid, which[gid])] = r
     return states
 
 
