@@ -9,7 +9,6 @@ import warnings
 import nbformat
 import numpy as np
 import pytest
-import torch
 from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 
 from labsupport import checkpointing as ck
