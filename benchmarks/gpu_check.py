@@ -156,8 +156,35 @@ def check_segments(device, backend):
     return f"segments {[r['segments'] for r in rows]}: after forward = k·x within {worst} bytes"
 
 
+def check_transformer_recompute(device, backend):
+    """Lab 05's transformer block on the device: what each recomputation keeps equals the adapted
+    Korthikanti formula (saved-tensor accounting, exact; the allocator's after-forward within
+    5 % + 1 MiB), and the selective-vs-full timing runs (synchronised clock)."""
+    from labsupport import checkpointing as ck
+
+    dev = torch.device("cuda:0" if device == "cuda" else "cpu")
+    s, b, h, a = 256, 2, 128, 8
+    x = torch.randn(b, s, h, device=dev)
+    for recompute in ("none", "selective", "full"):
+        report = memory.measure(ck.TransformerBlock(h, a, recompute=recompute).to(dev), x)
+        formula = ck.transformer_block_bytes(s, b, h, a, recompute=recompute)
+        assert report.saved_bytes + x.numel() * 4 == formula, (recompute, report.saved_bytes, formula)
+        assert abs(report.after_forward_bytes - formula) <= 0.05 * formula + MiB, (
+            recompute, report.after_forward_bytes, formula)
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":      # CPU time counts every thread's spin-waiting: time on one thread
+        torch.set_num_threads(1)
+    try:
+        rows = ck.compare_recompute(s, b, h=h, heads=a, layers=2, rounds=2, device=dev)
+    finally:
+        torch.set_num_threads(threads)
+    over = {r["mode"]: r["overhead"] for r in rows}
+    return (f"none/selective/full bytes = formula on {dev}; overhead selective "
+            f"{100 * over['selective']:+.0f} %, full {100 * over['full']:+.0f} %")
+
+
 CHECKS = [check_launcher, check_tensor_parallel, check_manual_split, check_checkpoint_memory,
-          check_lab05_exercise, check_segments]
+          check_lab05_exercise, check_segments, check_transformer_recompute]
 
 
 def main(argv=None):

@@ -21,16 +21,21 @@ from labsupport.tensor_parallel import (
     ColumnParallelLinear,
     ParallelAttention,
     ParallelMLP,
+    ParallelTransformerBlock,
     RowParallelLinear,
+    TransformerBlock,
     all_gather_bytes,
     column_parallel_matmul,
     column_shard,
     count_collectives,
     loopback_bytes,
     ring_all_reduce_bytes,
+    reduce_scatter_bytes,
     row_parallel_matmul,
     row_shard,
+    scatter_to_sequence_region,
     torch_parallel_mlp,
+    torch_sequence_parallel_block,
 )
 from labsupport.tensor_parallel import measure
 
@@ -58,6 +63,8 @@ def make_case():
         "mlp": mlp, "x": r(3, 5, 24), "dy": r(3, 5, 24),
         "x_groups": r(2, 3, 5, 24),                                # one input per TP group
         "attn": attn, "xa": r(2, 7, 24), "dya": r(2, 7, 24),
+        "block": TransformerBlock(24, 4, ffn_hidden=40),           # s = 8 splits over 2 and 4
+        "xb": r(2, 8, 24), "dyb": r(2, 8, 24),
     }
 
 
@@ -131,6 +138,33 @@ def rank_checks(rank, t, case, extras=()):
         out["comm_debug_counts"] = {
             phase: {str(op): n for op, n in counts.items()}
             for phase, counts in cdm.comm_module_counts["Global"].items()}
+        # torch's own sequence parallelism (SequenceParallel + Shard(1) layouts) on gloo.
+        theirs = torch_sequence_parallel_block(case["block"])
+        res = _run_with_grads(theirs, case["xb"].chunk(t, 1)[rank], case["dyb"].chunk(t, 1)[rank])
+        res["grads"] = {n: (g.full_tensor() if n.startswith("ln") else g.to_local())
+                        for n, g in res["grads"].items()}
+        out["torch_sp"] = res
+
+    # The transformer block: tensor parallel, and sequence parallel storing each column layer's
+    # input sharded (Megatron) or gathered. SP ranks get and return their (b, s/t, h) tokens.
+    for name, sp, stored in [("block_tp", False, "sharded"), ("block_sp", True, "sharded"),
+                             ("block_sp_gathered", True, "gathered")]:
+        blk = ParallelTransformerBlock.from_dense(case["block"], rank, t, sequence_parallel=sp,
+                                                  stored_input=stored)
+        x, dy = case["xb"], case["dyb"]
+        if sp:
+            x, dy = x.chunk(t, 1)[rank], dy.chunk(t, 1)[rank]
+        res = _run_with_grads(blk, x, dy)
+        with count_collectives() as log:
+            blk.sync_sequence_parallel_grads()
+        res["sync_log"] = log
+        res["grads"] = {n: p.grad.clone() for n, p in blk.named_parameters()}
+        out[name] = res
+    # Entering the sequence-parallel region from a replicated tensor: slice fwd, gather bwd.
+    x = case["xb"].clone().requires_grad_()
+    with count_collectives() as log:
+        (scatter_to_sequence_region(x) * case["dyb"].chunk(t, 1)[rank]).sum().backward()
+    out["scatter"] = {"dx": x.grad, "log": log}
 
     if "loopback" in extras:
         out["loopback"] = _measure_loopback(t)
@@ -286,6 +320,135 @@ def test_constructors_take_rank_and_world_size_from_the_group(runs, t):
             (40 // t, 24), (40 // t,), (24, 40 // t), (24,),            # ParallelMLP
             (3 * 24 // t, 24), (3 * 24 // t,), (24, 24 // t), (24,),    # ParallelAttention
         ]
+
+
+# ---------------------------------------------------------------- the block, and sequence parallelism
+
+def _block_shards(grads, t, rank):
+    """This rank's slice of each dense gradient of a TransformerBlock, by the parallel names."""
+    qkv = lambda kind: torch.cat([grads[f"attn.{p}_proj.{kind}"].chunk(t, 0)[rank] for p in "qkv"])
+    return {
+        "ln1.weight": grads["ln1.weight"], "ln1.bias": grads["ln1.bias"],
+        "ln2.weight": grads["ln2.weight"], "ln2.bias": grads["ln2.bias"],
+        "attn.qkv.weight": qkv("weight"), "attn.qkv.bias": qkv("bias"),
+        "attn.out_proj.weight": grads["attn.out_proj.weight"].chunk(t, 1)[rank],
+        "attn.out_proj.bias": grads["attn.out_proj.bias"],
+        "mlp.fc1.weight": grads["mlp.fc1.weight"].chunk(t, 0)[rank],
+        "mlp.fc1.bias": grads["mlp.fc1.bias"].chunk(t, 0)[rank],
+        "mlp.fc2.weight": grads["mlp.fc2.weight"].chunk(t, 1)[rank],
+        "mlp.fc2.bias": grads["mlp.fc2.bias"],
+    }
+
+
+BLOCK_MODES = {  # name: (sequence parallel?, collectives forward, backward)
+    "block_tp": (False, {"all_reduce": 2}, {"all_reduce": 2}),
+    "block_sp": (True, {"all_gather": 2, "reduce_scatter": 2}, {"all_gather": 4, "reduce_scatter": 2}),
+    "block_sp_gathered": (True, {"all_gather": 2, "reduce_scatter": 2},
+                          {"all_gather": 2, "reduce_scatter": 2}),
+}
+
+
+@WORLD_SIZES
+@pytest.mark.parametrize("mode", BLOCK_MODES)
+def test_parallel_block_output_and_every_gradient_match_dense(runs, case, t, mode):
+    sp, forward, backward = BLOCK_MODES[mode]
+    y, dx, grads = dense_grads(case["block"], case["xb"], case["dyb"])
+    for rank, out in enumerate(runs(t)):
+        res = out[mode]
+        piece = (lambda v: v.chunk(t, 1)[rank]) if sp else (lambda v: v)
+        close(res["y"], piece(y), f"{mode} rank {rank}: output")
+        close(res["dx"], piece(dx), f"{mode} rank {rank}: dL/dx")
+        expected = _block_shards(grads, t, rank)
+        assert set(res["grads"]) == set(expected)
+        for name, g in expected.items():
+            close(res["grads"][name], g, f"{mode} rank {rank}: {name} grad")
+        assert res["log"].by_phase() == {"forward": forward, "backward": backward}
+        # the LayerNorm and row-bias gradients are partial under SP: one coalesced all-reduce
+        assert res["sync_log"].by_op() == ({"all_reduce": 1} if sp else {})
+
+
+@WORLD_SIZES
+def test_sequence_parallel_moves_the_bytes_of_one_all_reduce(runs, case, t):
+    """Handed per rank: an all-gather hands N/t, a reduce-scatter N; in the ring model each moves
+    (t-1)/t·N, together the 2(t-1)/t·N of the all-reduce they replace."""
+    n = case["xb"].numel() * 4
+    for out in runs(t):
+        tp, sp = out["block_tp"]["log"], out["block_sp_gathered"]["log"]
+        assert tp.bytes("all_reduce", "forward") == 2 * n
+        assert sp.bytes("all_gather", "forward") == 2 * n // t
+        assert sp.bytes("reduce_scatter", "forward") == 2 * n
+        assert (all_gather_bytes(n, t) + reduce_scatter_bytes(n, t)) == ring_all_reduce_bytes(n, t)
+        extra = out["block_sp"]["log"].bytes("all_gather", "backward") - sp.bytes("all_gather", "backward")
+        assert extra == 2 * n // t  # the stored shards gathered again
+
+
+@WORLD_SIZES
+def test_scatter_to_sequence_region_gathers_the_gradient(runs, case, t):
+    for rank, out in enumerate(runs(t)):
+        # d/dx of sum(x_rank * dy_rank) summed over ranks by the backward all-gather
+        close(out["scatter"]["dx"], case["dyb"], f"rank {rank}: dL/dx")
+        assert out["scatter"]["log"].by_phase() == {"forward": {}, "backward": {"all_gather": 1}}
+
+
+def test_matches_torch_sequence_parallel(runs, case):
+    """torch's SequenceParallel recipe runs on gloo and gives the same numbers; it stores the
+    gathered input (no extra backward all-gather) and leaves the LayerNorm grads Partial."""
+    t = 2
+    for rank, out in enumerate(runs(t)):
+        theirs, ours = out["torch_sp"], out["block_sp_gathered"]
+        close(ours["y"], theirs["y"], f"rank {rank}: output vs torch SequenceParallel")
+        close(ours["dx"], theirs["dx"], f"rank {rank}: dL/dx vs torch SequenceParallel")
+        for name in ("ln1.weight", "ln2.bias", "mlp.fc1.weight", "mlp.fc2.bias"):
+            close(ours["grads"][name], theirs["grads"][name], f"rank {rank}: {name} grad")
+        assert theirs["log"].by_phase() == ours["log"].by_phase()
+
+
+def test_sequence_length_not_divisible_is_a_value_error():
+    with pytest.raises(ValueError, match=r"sequence length 7 is not divisible by the "
+                                         r"tensor-parallel world size 2"):
+        from labsupport.tensor_parallel.sequence import _check_seq
+        _check_seq(torch.zeros(1, 7, 4), 2, "sequence split")
+    with pytest.raises(ValueError, match=r"stored_input must be one of"):
+        ParallelTransformerBlock.from_dense(TransformerBlock(8, 2), 0, 2, sequence_parallel=True,
+                                            stored_input="both")
+    with pytest.raises(TypeError, match=r"block must have ln1, attn"):
+        ParallelTransformerBlock.from_dense(nn.Linear(2, 2), 0, 2)
+
+
+# ---------------------------------------------------------------- from_dense keeps device and dtype
+
+def _every_from_dense(dense_kwargs):
+    mlp, attn = MLP(8, 16), Attention(8, 2)
+    block = TransformerBlock(8, 2, ffn_hidden=16)
+    for m in (mlp, attn, block):
+        m.to(**dense_kwargs)
+    built = {
+        "ColumnParallelLinear": ColumnParallelLinear.from_dense(mlp.fc1, 1, 2),
+        "RowParallelLinear": RowParallelLinear.from_dense(mlp.fc2, 1, 2),
+        "ParallelMLP": ParallelMLP.from_dense(mlp.fc1, mlp.fc2, 1, 2),
+        "ParallelMLP (sequence parallel)": ParallelMLP.from_dense(mlp.fc1, mlp.fc2, 1, 2,
+                                                                  sequence_parallel=True),
+        "ParallelAttention": ParallelAttention.from_dense(attn, 1, 2),
+        "ParallelTransformerBlock": ParallelTransformerBlock.from_dense(block, 1, 2),
+        "ParallelTransformerBlock (sequence parallel)": ParallelTransformerBlock.from_dense(
+            block, 1, 2, sequence_parallel=True, stored_input="gathered"),
+    }
+    from labsupport import tensor_parallel
+    if hasattr(tensor_parallel, "VocabParallelEmbedding"):  # the capstone's vocabulary layers
+        emb = nn.Embedding(16, 8).to(**dense_kwargs)
+        built["VocabParallelEmbedding"] = tensor_parallel.VocabParallelEmbedding.from_dense(emb, 1, 2)
+    return built
+
+
+@pytest.mark.parametrize("where", [dict(device="meta"), dict(dtype=torch.float64)],
+                         ids=["meta", "float64"])
+def test_from_dense_allocates_on_the_dense_layers_device_and_dtype(where):
+    """Issue #19: shards live where the dense layer lives (a CUDA model stays on its GPU)."""
+    device = torch.device(where.get("device", "cpu"))
+    dtype = where.get("dtype", torch.float32)
+    for name, module in _every_from_dense(where).items():
+        for pname, p in module.named_parameters():
+            assert (p.device, p.dtype) == (device, dtype), (name, pname, p.device, p.dtype)
 
 
 # ---------------------------------------------------------------- counting collectives

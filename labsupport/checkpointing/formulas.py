@@ -10,7 +10,8 @@ import math
 # Korthikanti et al.'s formula and the Lab 05 block's terms live in the torch-free
 # labsupport.formulas.activations (shared with the planner); re-exported here.
 from ..formulas.activations import (  # noqa: F401  (re-exported)
-    korthikanti_bytes, transformer_block_bytes, transformer_block_terms)
+    adaptation_steps, korthikanti_bytes, korthikanti_layer_bytes, transformer_block_bytes,
+    transformer_block_terms)
 
 
 def predict_mlp_saved_bytes(tokens: int, d: int, h: int, checkpoint_middle: bool,
@@ -54,3 +55,18 @@ def best_segments(layers: int, x: float, a: float, g: float = 0.0) -> tuple[int,
     best = min(range(1, layers + 1),
                key=lambda k: (segment_memory(layers, k, x, a, g)["backward_peak"], k))
     return best, math.sqrt(layers * a / x)
+
+
+def pointwise_policy_terms(s: int, b: int, h: int, a: int, e: int = 4) -> dict[str, float]:
+    """What Lab 05's ``TransformerBlock(recompute="pointwise")`` keeps per layer, in bytes: torch's
+    selective-checkpoint policy that saves every matmul's output and recomputes the rest
+    (:func:`~labsupport.checkpointing.models.pointwise_policy`). Not the paper's selective
+    recomputation: one of those matmul outputs is QKᵀ, the ``[b, a, s, s]`` scores."""
+    sbh = s * b * h
+    return {"block input (kept by the checkpoint)": e * sbh,
+            "QKV output (3h)": 3 * e * sbh,
+            "scores QKᵀ [b, a, s, s]": e * a * s * s * b,
+            "attention·V output": e * sbh,
+            "proj output": e * sbh,
+            "fc1 output (4h)": 4 * e * sbh,
+            "fc2 output": e * sbh}

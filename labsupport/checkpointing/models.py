@@ -1,21 +1,18 @@
-"""Models of Lab 05: the seed's 4-layer MLP, stacks of blocks checkpointed in segments, and a
-small transformer block whose activation memory the lab predicts by formula.
+"""Models of Lab 05: the seed's 4-layer MLP, stacks of blocks checkpointed in segments, and
+the blocks of the segment sweeps. (The transformer block is in :mod:`.transformer`.)
 
-All models take 2-D token batches ``x: [T, d]`` (T = batch x sequence tokens) except
-:class:`TransformerBlock`, which takes ``[b, s, h]``. fp32 throughout (4 bytes per element).
+All models take 2-D token batches ``x: [T, d]`` (T = batch x sequence tokens). fp32 throughout
+(4 bytes per element).
 """
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 
 from ..pipeline.partition import balance_layers
 
-# Ops whose outputs selective checkpointing keeps: the matmuls (expensive to recompute).
+# Ops whose outputs the pointwise-recompute policy keeps: the matmuls (expensive to recompute).
 MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm", "_scaled_mm")
 
 
@@ -64,6 +61,11 @@ def wide_block(d: int) -> nn.Sequential:
     return nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
 
 
+def mid_block(d: int) -> nn.Sequential:
+    """Linear(d,2d) -> ReLU -> Linear(2d,d): saves its input and the [T,2d] ReLU output, 3x."""
+    return nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, d))
+
+
 def thin_block(d: int) -> nn.Sequential:
     """Linear(d,d) -> ReLU: saves exactly one [T,d] tensor, as much as its input."""
     return nn.Sequential(nn.Linear(d, d), nn.ReLU())
@@ -78,8 +80,13 @@ def split_evenly(n: int, k: int) -> list[range]:
     return balance_layers(n, k)
 
 
-def selective_policy(ctx, op, *args, **kwargs):
-    """Selective checkpointing policy: keep matmul outputs, recompute everything else."""
+def pointwise_policy(ctx, op, *args, **kwargs):
+    """The *pointwise-recompute* policy for torch's selective checkpoint API: keep every matmul's
+    output (:data:`MATMUL_OPS`), recompute everything else (LayerNorm, GELU, softmax ...).
+
+    Not Korthikanti et al.'s selective recomputation, which does the reverse in the attention
+    core: on a transformer block this policy keeps QKᵀ's ``[b, a, s, s]`` scores.
+    """
     from torch.utils.checkpoint import CheckpointPolicy
 
     name = op.overloadpacket.__name__ if hasattr(op, "overloadpacket") else str(op)
@@ -88,10 +95,18 @@ def selective_policy(ctx, op, *args, **kwargs):
     return CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def selective_context():
+def pointwise_context():
+    """``context_fn`` for ``checkpoint`` running :func:`pointwise_policy`."""
     from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
-    return create_selective_checkpoint_contexts(selective_policy)
+    return create_selective_checkpoint_contexts(pointwise_policy)
+
+
+# The names this policy had before it was named for what it does (kept for old notebooks).
+selective_policy, selective_context = pointwise_policy, pointwise_context
+
+
+BLOCKS = {"wide": wide_block, "mid": mid_block, "thin": thin_block}
 
 
 class Stack(nn.Module):
@@ -103,8 +118,10 @@ class Stack(nn.Module):
                       non-reentrant ``checkpoint`` (only segment inputs are kept).
         "sequential": ``torch.utils.checkpoint.checkpoint_sequential`` with ``segments``: its
                       last segment runs without checkpoint (see the lab).
-        "selective":  every block checkpointed with :func:`selective_policy` (matmul outputs
-                      kept, LayerNorm/GELU recomputed).
+        "pointwise":  every block checkpointed with :func:`pointwise_policy` (matmul outputs
+                      kept, LayerNorm/GELU recomputed). These blocks have no attention core,
+                      so Korthikanti et al.'s selective recomputation has nothing to act on
+                      here (it is ``TransformerBlock(recompute="selective")``).
     ``segments=layers`` in "segments" mode checkpoints every block.
     """
 
@@ -112,9 +129,16 @@ class Stack(nn.Module):
                  block: str = "wide", seed: int = 0):
         super().__init__()
         torch.manual_seed(seed)
-        make = {"wide": wide_block, "thin": thin_block}[block]
+        make = BLOCKS[block]
         self.blocks = nn.Sequential(*(make(d) for _ in range(layers)))
         self.mode, self.segments = mode, segments
+        if mode == "selective":
+            raise ValueError("Stack's blocks have no attention core for selective recomputation "
+                             "(that is TransformerBlock(recompute='selective')); the policy that "
+                             "keeps matmul outputs and recomputes the rest is mode='pointwise'")
+        if mode not in ("none", "segments", "sequential", "pointwise"):
+            raise ValueError(f"unknown mode {mode!r}: use 'none', 'segments', 'sequential' or "
+                             "'pointwise'")
         if mode in ("segments", "sequential"):
             split_evenly(layers, segments)  # validate now, not in forward
 
@@ -123,39 +147,12 @@ class Stack(nn.Module):
             return self.blocks(x)
         if self.mode == "sequential":
             return checkpoint_sequential(self.blocks, self.segments, x, use_reentrant=False)
-        if self.mode == "selective":
+        if self.mode == "pointwise":
             for blk in self.blocks:
-                x = checkpoint(blk, x, use_reentrant=False, context_fn=selective_context)
+                x = checkpoint(blk, x, use_reentrant=False, context_fn=pointwise_context)
             return x
         if self.mode == "segments":
             for seg in split_evenly(len(self.blocks), self.segments):
                 x = checkpoint(self.blocks[seg.start:seg.stop], x, use_reentrant=False)
             return x
         raise ValueError(f"unknown mode {self.mode!r}")
-
-
-class TransformerBlock(nn.Module):
-    """Pre-LN transformer block with explicit (math) attention, no dropout. x: [b, s, h].
-
-    x1 = x + proj(attention(ln1(x)));  out = x1 + fc2(gelu(fc1(ln2(x1)))).
-    Attention materialises scores [b, a, s, s]: that is the s^2 term of the memory formula.
-    """
-
-    def __init__(self, h: int, heads: int, seed: int = 0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.h, self.a = h, heads
-        self.ln1, self.ln2 = nn.LayerNorm(h), nn.LayerNorm(h)
-        self.qkv, self.proj = nn.Linear(h, 3 * h), nn.Linear(h, h)
-        self.fc1, self.fc2 = nn.Linear(h, 4 * h), nn.Linear(4 * h, h)
-
-    def forward(self, x):
-        b, s, h = x.shape
-        hd = h // self.a
-        qkv = self.qkv(self.ln1(x)).view(b, s, 3, self.a, hd).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]                   # each [b, a, s, hd], views
-        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))   # [b, a, s, s]
-        p = scores.softmax(dim=-1)
-        ctx = (p @ v).transpose(1, 2).reshape(b, s, h)
-        x = x + self.proj(ctx)
-        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))

@@ -100,3 +100,43 @@ def explorer(measured=None):
 
     for control in (layers, segs, ratio, bwd):
         control.observe(redraw, names="value")
+
+
+def plot_progression(table, title=""):
+    """One bar chart of :func:`~labsupport.checkpointing.progression.progression_table`: per
+    sequence length (a panel each), per configuration a bar per t (measured, KiB per layer per
+    rank, log scale), the adapted formula as a black tick on each bar and the paper's Table 2
+    form as a red circle. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    seqs = sorted({r["s"] for r in table})
+    ts = sorted({r["t"] for r in table})
+    variants = list(dict.fromkeys(r["variant"] for r in table))
+    fig, axes = plt.subplots(1, len(seqs), figsize=(6.5 * len(seqs), 4.2), squeeze=False)
+    width = 0.8 / len(ts)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, s in zip(axes[0], seqs):
+        for j, t in enumerate(ts):
+            for i, v in enumerate(variants):
+                row = next((r for r in table if r["s"] == s and r["t"] == t and r["variant"] == v), None)
+                if row is None:
+                    continue
+                xpos = i + (j - (len(ts) - 1) / 2) * width
+                ax.bar(xpos, row["measured"] / 1024, width, color=colors[j % len(colors)],
+                       label=f"measured, t={t}" if i == 0 or not ax.containers else None)
+                ax.plot([xpos - width / 2, xpos + width / 2], [row["formula"] / 1024] * 2, "k-", lw=1.5)
+                ax.plot(xpos, row["paper"] / 1024, "o", mfc="none", mec="tab:red", ms=5)
+        ax.set_xticks(range(len(variants)), variants, rotation=20, ha="right", fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("KiB per layer per rank")
+        rows = [r for r in table if r["s"] == s]
+        ax.set_title(f"{title}s={s}: 5as/h = {5 * rows[0]['heads'] * s / rows[0]['h']:.0f} (vs 34)")
+        handles, labels = ax.get_legend_handles_labels()
+        seen = dict(zip(labels, handles))
+        from matplotlib.lines import Line2D
+
+        seen["formula (this block)"] = Line2D([], [], color="k")
+        seen["paper, Table 2"] = Line2D([], [], marker="o", ls="", mfc="none", mec="tab:red")
+        ax.legend(seen.values(), seen.keys(), fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -82,3 +82,51 @@ def assert_segment_model(table, x: float, exact: bool) -> None:
         assert 0 <= min(above) and max(above) <= GRADIENT_TEMPORARIES_X, (
             f"backward peak above the model by {above} x: expected 0 to "
             f"{GRADIENT_TEMPORARIES_X} x (gradient temporaries of one block)")
+
+
+def segment_choice(rows, layers: int, d: int, tokens: int, block: str = "wide") -> dict:
+    """A sweep's best k beside the choices: the memory model's (:func:`best_segments`), Exercise
+    4's reference (:func:`choose_segments`), √(L·a/x) and √L, with the measured peaks there."""
+    import math
+
+    from .formulas import best_segments
+    from .segments import choose_segments
+
+    x, a, g = block_units(rows, layers, d, tokens, block)
+    peaks = {r["segments"]: r["backward_peak"] for r in rows if r["segments"]}
+    best = min(peaks, key=lambda k: (peaks[k], k))
+    model, continuous = best_segments(layers, x, a, g)
+    root = min(peaks, key=lambda k: abs(k - math.sqrt(layers)))
+    return {"layers": layers, "x": x, "a": a, "g": g, "peaks": peaks, "best": best,
+            "model": model, "chosen": choose_segments(layers, a, x), "continuous": continuous,
+            "root": root}
+
+
+def format_segment_choice(name: str, c: dict) -> str:
+    import math
+
+    p, best = c["peaks"], c["peaks"][c["best"]]
+    return (f"{name}: measured best k = {c['best']} (peak {format_bytes(best)}); model best "
+            f"k = {c['model']}, choose_segments: k = {c['chosen']}, √(L·a/x) = "
+            f"{c['continuous']:.1f}, √L = {math.sqrt(c['layers']):.1f}\n"
+            f"  at k = {c['root']} (nearest √L): peak {format_bytes(p[c['root']])} = "
+            f"{p[c['root']] / best:.2f}× the best measured")
+
+
+def assert_segment_choice(c: dict, exact: bool) -> None:
+    """What Lab 05 §2 says of a sweep: the model's k is within 5 % of the best measured peak;
+    with exact byte counts (a CPU), when a block saves about its input (a < 1.5x) the best k is
+    within one of √L, and when it saves much more (a > 4x) the best k is above 2√L and √L's peak
+    is more than 1.5× the best."""
+    import math
+
+    p, best, L = c["peaks"], c["peaks"][c["best"]], c["layers"]
+    if c["model"] in p:
+        assert p[c["model"]] <= 1.05 * best, f"model's k={c['model']}: {p[c['model']]} vs {best}"
+    if not exact:
+        return
+    if c["a"] < 1.5 * c["x"]:
+        assert abs(c["best"] - math.sqrt(L)) <= 1, f"best k={c['best']}, √L={math.sqrt(L):.1f}"
+    elif c["a"] > 4 * c["x"]:
+        assert c["best"] > 2 * math.sqrt(L), f"best k={c['best']}, 2√L={2 * math.sqrt(L):.1f}"
+        assert p[c["root"]] > 1.5 * best, f"√L's peak {p[c['root']]} vs the best {best}"

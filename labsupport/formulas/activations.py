@@ -54,7 +54,8 @@ def layer_activation_terms(s: int, b: int, h: int, heads: int, *, t: int = 1,
                            bytes_per_element: int = 2, dropout: bool = True,
                            attention: str = "explicit", ffn_hidden: int | None = None,
                            kv_heads: int | None = None, gated_mlp: bool = False,
-                           norm: str = "layernorm", norm_stats: bool = False) -> dict[str, float]:
+                           norm: str = "layernorm", norm_stats: bool = False,
+                           stored_input: str = "sharded") -> dict[str, float]:
     """What one pre-norm transformer layer saves for backward, term by term, in bytes.
 
     The paper's settings (``bytes_per_element=2, dropout=True, attention="explicit"``, plain
@@ -75,10 +76,16 @@ def layer_activation_terms(s: int, b: int, h: int, heads: int, *, t: int = 1,
     * the attention core, split over t: explicit attention keeps the softmax output
       ``e·as²b`` and with dropout its mask ``as²b`` and output ``e·as²b`` (the paper's
       ``5as²b``); flash attention keeps only the fp32 log-sum-exp ``4·asb`` (no ``s²`` term).
+      (PyTorch's fused ``scaled_dot_product_attention`` on a CPU is such a kernel: its output,
+      laid out ``[b, s, a, d]`` in memory, is the output projection's input, no copy; Lab 05.)
 
     Recomputation: ``"selective"`` (the paper's) drops the attention core's terms and keeps the
     rest; ``"full"`` keeps only the layer input ``e·sbh`` (divided by t with sequence
     parallelism, as Megatron stores it sharded).
+
+    ``stored_input`` (sequence parallelism only): what the two column-parallel layers keep of
+    their all-gathered input -- ``"sharded"`` (Megatron and the paper: this rank's ``e·sbh/t``,
+    all-gathered again in backward) or ``"gathered"`` (the full ``e·sbh`` each).
     """
     _check_choice(recompute, RECOMPUTE, "recompute")
     _check_choice(attention, ATTENTION, "attention")
@@ -86,14 +93,17 @@ def layer_activation_terms(s: int, b: int, h: int, heads: int, *, t: int = 1,
     e, sbh, sb = bytes_per_element, s * b * h, s * b
     f = 4 * h if ffn_hidden is None else ffn_hidden
     kv = heads if kv_heads is None else kv_heads
+    if stored_input not in ("sharded", "gathered"):
+        raise ValueError(f"unknown stored_input {stored_input!r}: use 'sharded' or 'gathered'")
     rep = t if sequence_parallel else 1  # the replicated region is sharded along s only with SP
     if recompute == "full":
         return {"layer input (checkpoint)": e * sbh / rep}
+    col = 1 if stored_input == "gathered" else rep  # what the column-parallel layers keep
     terms = {
         "norm 1 input": e * sbh / rep,
-        "attention input (norm 1 output)": e * sbh / rep,
+        "attention input (norm 1 output)": e * sbh / col,
         "norm 2 input": e * sbh / rep,
-        "MLP input (norm 2 output)": e * sbh / rep,
+        "MLP input (norm 2 output)": e * sbh / col,
     }
     if dropout:
         terms["attention dropout mask"] = sbh / rep
@@ -150,32 +160,59 @@ def output_activation_terms(s: int, b: int, h: int, vocab: int, *, t: int = 1,
     return terms
 
 
-def transformer_block_terms(s: int, b: int, h: int, a: int, bytes_per_element: int = 4) -> dict:
-    """What Lab 05's ``TransformerBlock`` saves for backward, term by term, in bytes.
+# Lab 05's TransformerBlock (labsupport.checkpointing): fp32, no dropout, explicit attention,
+# LayerNorm statistics kept -- the knobs of layer_activation_terms that describe it.
+LAB05_BLOCK = {"bytes_per_element": 4, "dropout": False, "norm_stats": True}
 
-    Same accounting as Korthikanti et al. but fp32 (4 bytes, not 2) and no dropout (their
-    masks and dropout outputs disappear): total s*b*h*(64 + 4*a*s/h) bytes, plus the
-    LayerNorms' per-token mean and rstd.
+
+def transformer_block_terms(s: int, b: int, h: int, a: int, bytes_per_element: int = 4, *,
+                            t: int = 1, sequence_parallel: bool = False,
+                            recompute: str = "none", attention: str = "explicit",
+                            stored_input: str = "sharded") -> dict:
+    """What Lab 05's ``TransformerBlock`` saves for backward, term by term, in bytes:
+    :func:`layer_activation_terms` with :data:`LAB05_BLOCK`'s knobs (``bytes_per_element``
+    overrides its 4). Unsharded and without recomputation: ``sbh(16e + e·as/h) + 16sb``
+    (``16sb``: the two LayerNorms' fp32 mean and rstd per token). See :func:`adaptation_steps`
+    for the way from the paper's formula to this one."""
+    knobs = dict(LAB05_BLOCK, bytes_per_element=bytes_per_element)
+    return layer_activation_terms(s, b, h, a, t=t, sequence_parallel=sequence_parallel,
+                                  recompute=recompute, attention=attention,
+                                  stored_input=stored_input, **knobs)
+
+
+def transformer_block_bytes(s: int, b: int, h: int, a: int, bytes_per_element: int = 4,
+                            **kwargs) -> int:
+    """Sum of :func:`transformer_block_terms` (same arguments), an int: with the defaults
+    ``s*b*h*(16 + a*s/h)*e + 16*s*b`` bytes."""
+    return int(sum(transformer_block_terms(s, b, h, a, bytes_per_element, **kwargs).values()))
+
+
+def adaptation_steps(s: int, b: int, h: int, a: int, *, t: int = 1,
+                     sequence_parallel: bool = False, recompute: str = "none",
+                     bytes_per_element: int = 4, dropout: bool = False,
+                     norm_stats: bool = True, attention: str = "explicit") -> list[tuple[str, float]]:
+    """From Korthikanti et al.'s Table 2 form to a concrete block, one knob at a time.
+
+    Returns ``[(step, bytes after the step), ...]``: first the paper's per-layer bytes
+    (16-bit, dropout, explicit attention: :func:`korthikanti_layer_bytes`), then each knob of
+    :func:`layer_activation_terms` changed in turn -- dropout removed (its masks and the
+    softmax dropout's output go), the element size, the norms' statistics added, the attention
+    kernel -- ending at the block's own bytes. The ratio of the last to the first is the
+    measured-over-paper ratio a lab reports, explained step by step.
     """
-    e, sbh = bytes_per_element, s * b * h
-    return {
-        "ln1 input (x)": e * sbh,
-        "qkv input (ln1 output)": e * sbh,
-        "Q and K copies for QK^T": 2 * e * sbh,
-        "softmax output [b,a,s,s]": e * a * s * s * b,
-        "V copy for P@V": e * sbh,
-        "proj input (attention context)": e * sbh,
-        "ln2 input (x1)": e * sbh,
-        "fc1 input (ln2 output)": e * sbh,
-        "GELU input (fc1 output, 4h)": 4 * e * sbh,
-        "fc2 input (GELU output, 4h)": 4 * e * sbh,
-        "LayerNorm mean+rstd (2 LNs)": 2 * 2 * e * s * b,
-    }
-
-
-def transformer_block_bytes(s: int, b: int, h: int, a: int, bytes_per_element: int = 4) -> int:
-    """Sum of :func:`transformer_block_terms`: s*b*h*(16 + a*s/h)*e + 4*e*s*b bytes."""
-    return int(sum(transformer_block_terms(s, b, h, a, bytes_per_element).values()))
+    kw = dict(t=t, sequence_parallel=sequence_parallel, recompute=recompute)
+    paper = korthikanti_layer_bytes(s, b, h, a, t, sequence_parallel, recompute)
+    steps = [("Korthikanti et al. Table 2 (16-bit, dropout)", paper)]
+    knobs = dict(bytes_per_element=2, dropout=True, norm_stats=False, attention="explicit")
+    changes = [("dropout", dropout, "without dropout (no masks, no dropout outputs)"),
+               ("bytes_per_element", bytes_per_element, f"{bytes_per_element} bytes per element"),
+               ("norm_stats", norm_stats, "+ the norms' fp32 statistics (mean, rstd)"),
+               ("attention", attention, f"{attention} attention kernel")]
+    for knob, value, label in changes:
+        if knobs[knob] != value:
+            knobs[knob] = value
+            steps.append((label, layer_activation_bytes(s, b, h, a, **kw, **knobs)))
+    return steps
 
 
 def _check_choice(value, choices, name):

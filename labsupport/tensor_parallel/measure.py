@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..devices import is_nccl, rank_device, synchronize
 from .comm_bytes import all_gather_bytes, loopback_bytes, ring_all_reduce_bytes
 from .counting import count_collectives
-from .layers import MLP, ParallelMLP
+from .mlp import MLP, ParallelMLP
 
 # Published NVLink bandwidths (total, both directions, per GPU) -- NVIDIA's H100 and A100
 # datasheets. A ring all-reduce sends and receives at once, so it uses one direction's half.

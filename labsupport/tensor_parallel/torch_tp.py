@@ -1,4 +1,4 @@
-"""The same MLP through PyTorch's production API, as an oracle for ours.
+"""The same MLP and block through PyTorch's production API, as oracles for ours.
 
 ``torch.distributed.tensor.parallel`` shards modules with DTensor: ColwiseParallel turns
 fc1.weight into a DTensor sharded on dim 0 (our ColumnParallelLinear's rows), RowwiseParallel
@@ -45,3 +45,41 @@ def torch_parallel_mlp(fc1: nn.Linear, fc2: nn.Linear, mesh=None) -> nn.Sequenti
     device = rank_device() if mesh.device_type == rank_device().type else mesh.device_type
     model = nn.Sequential(copy.deepcopy(fc1), nn.GELU(), copy.deepcopy(fc2)).to(device)
     return parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+
+
+def torch_sequence_parallel_block(block, mesh=None) -> nn.Module:
+    """A copy of a dense ``TransformerBlock`` made tensor + sequence parallel by torch's own API.
+
+    The plan is torch's recipe for Megatron-style sequence parallelism: ``SequenceParallel`` on
+    the LayerNorms (inputs and outputs sharded on the sequence dim, ``Shard(1)``),
+    ``PrepareModuleInput`` all-gathering the attention's and the MLP's input to ``Replicate``,
+    ``ColwiseParallel`` on q/k/v and fc1, ``RowwiseParallel(output_layouts=Shard(1))`` on
+    out_proj and fc2 (a reduce-scatter instead of an all-reduce). The copy's attention runs
+    heads/t heads locally. Residual dropout must be 0 (the comparison needs the same numbers).
+
+    Call it with this rank's (b, s/t, h) tokens; it returns (b, s/t, h) plain tensors. Its
+    parameters are DTensors: ``.to_local()`` gives this rank's shard, and the LayerNorm
+    weights' gradients come back already summed over the ranks (DTensor does it in backward).
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput,
+                                                   RowwiseParallel, SequenceParallel,
+                                                   parallelize_module)
+
+    if mesh is None:
+        mesh = init_device_mesh(_mesh_device_type(), (dist.get_world_size(),))
+    t = mesh.size()
+    check_divisible(block.attn.heads, t, "number of heads", "torch_sequence_parallel_block")
+    device = rank_device() if mesh.device_type == rank_device().type else mesh.device_type
+    model = copy.deepcopy(block).to(device)
+    model.attn.heads //= t  # the local q, k, v hold heads/t whole heads
+    gather = PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),))
+    plan = {
+        "ln1": SequenceParallel(), "ln2": SequenceParallel(),
+        "attn": gather, "mlp": copy.deepcopy(gather),
+        "attn.q_proj": ColwiseParallel(), "attn.k_proj": ColwiseParallel(),
+        "attn.v_proj": ColwiseParallel(), "attn.out_proj": RowwiseParallel(output_layouts=Shard(1)),
+        "mlp.fc1": ColwiseParallel(), "mlp.fc2": RowwiseParallel(output_layouts=Shard(1)),
+    }
+    return parallelize_module(model, mesh, plan)
