@@ -97,10 +97,43 @@ def test_model_state_bytes_zero_forms_and_errors():
     assert model_state_bytes(psi, dp=4, zero=1)["total"] == 4 * psi + 12 * psi / 4
     assert model_state_bytes(psi, dp=4, zero=2)["total"] == 2 * psi + 14 * psi / 4
     assert model_state_bytes(psi, dp=4, zero=3, tp=2, pp=2)["total"] == 16 * psi / 16
-    with pytest.raises(ValueError, match="num_params must be >= 0"):
+    with pytest.raises(ValueError, match="num_params must be a number >= 0"):
         model_state_bytes(-1)
     with pytest.raises(ValueError, match="unknown precision"):
         model_state_bytes(psi, precision="fp16")
+
+
+def test_one_model_state_formula_serves_the_planner_and_the_labs():
+    from labsupport.formulas import zero
+
+    assert model_state_bytes is zero.model_state_bytes
+    # A TP rank's share need not be whole; DDP's default bucket copy doubles the gradients.
+    assert model_state_bytes(1000.5, precision="fp32")["total"] == 16 * 1000.5
+    lay = Layout(dp=2, precision="fp32", dp_variant="dp")
+    model = ModelSpec(layers=2, hidden=64, heads=4, vocab=128, seq_len=16)
+    est, paper = estimate(model, lay), estimate(model, lay.with_(dp_variant=None))
+    assert est.gradients == 2 * paper.gradients == 2 * 4 * model.num_params()
+    with pytest.raises(ValueError, match="dp_variant 'zero1' is ZeRO stage 1: set zero=1"):
+        Layout(dp=2, dp_variant="zero1")
+    with pytest.raises(ValueError, match="unknown dp_variant"):
+        Layout(dp=2, zero=3, dp_variant="fsdp")
+
+
+def test_dp_collectives_paper_and_torch_forms():
+    """The planner's DP group: the paper's forms by default; torch's ZeRO-1 (a Lab 06 variant)
+    keeps DDP's all-reduce and adds N broadcasts of 1/N of the parameters each."""
+    model = ModelSpec(layers=2, hidden=64, heads=4, vocab=128, seq_len=16)
+    psi = model.num_params()
+
+    def ops(**kw):
+        st = estimate(model, Layout(dp=4, precision="fp32", **kw)).stages[0]
+        return {(c.op, c.calls): c.handed for c in st.collectives if c.group == "dp"}
+
+    assert ops(zero=1) == {("reduce_scatter", 1): 4 * psi, ("all_gather", 1): psi}
+    assert ops(zero=1, dp_variant="zero1") == {("all_reduce", 1): 4 * psi,
+                                               ("broadcast", 4): 4 * psi}
+    z3 = estimate(model, Layout(dp=4, zero=3, precision="fp32")).stages[0]
+    assert z3.transient > estimate(model, Layout(dp=4, zero=1, precision="fp32")).stages[0].transient
 
 
 # ---- estimate ----------------------------------------------------------------------------
