@@ -52,7 +52,8 @@ def step_summary(run, results, skip: int = 1) -> dict:
             mine = {g: 0.0 for g in GROUPS}
             for call in r["logs"][step]["calls"]:
                 if call.end is not None:
-                    mine[group_of(call.group, r["groups"], len(results))] += call.end - call.start
+                    group = group_of(call.group, r["groups"], len(results), call.op)
+                    mine[group] += call.end - call.start
             for g in GROUPS:
                 comm[g] += mine[g] / 1e6
                 share[g] += mine[g] / r["step_ns"][step]

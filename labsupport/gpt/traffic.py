@@ -21,14 +21,18 @@ from ..formulas.collectives import sent_from_handed
 GROUPS = ("tp", "pp", "dp", "world")
 
 
-def group_of(call_group, mine: dict, world_size: int) -> str:
-    """'tp', 'pp', 'dp' or 'world' for a call's group ranks, given this rank's mesh groups."""
+def group_of(call_group, mine: dict, world_size: int, op: str | None = None) -> str:
+    """'tp', 'pp', 'dp' or 'world' for a call's group ranks, given this rank's mesh groups.
+
+    A send or recv (``op``) between ranks of this rank's pipeline is 'pp' even when the
+    pipeline is the whole world (pp = world size)."""
     ranks = tuple(call_group or ())
-    if ranks == tuple(mine["tp"]) and len(ranks) > 1:
+    p2p = op in ("send", "recv") and len(mine["pp"]) > 1 and set(ranks) <= set(mine["pp"])
+    if ranks == tuple(mine["tp"]) and len(ranks) > 1 and not p2p:
         return "tp"
-    if ranks == tuple(mine["dp"]) and len(ranks) > 1:
+    if ranks == tuple(mine["dp"]) and len(ranks) > 1 and not p2p:
         return "dp"
-    if len(ranks) == world_size:
+    if len(ranks) == world_size and not p2p:
         return "world"
     if set(ranks) <= set(mine["pp"]):  # the pipeline's one-way links are pairs of its ranks
         return "pp"
@@ -51,7 +55,7 @@ def bytes_per_group(results: list, step: int) -> dict:
     world = len(results)
     for r in results:
         for call in r["logs"][step]["calls"]:
-            g = out[group_of(call.group, r["groups"], world)]
+            g = out[group_of(call.group, r["groups"], world, call.op)]
             g["calls"] += 1
             g["handed"] += call.bytes if call.op != "recv" else 0
             g["sent"] += sent_bytes(call)
@@ -115,7 +119,7 @@ def timeline_events(results: list, step: int) -> dict:
                            (rec["start"] - t0) / 1e6, (rec["end"] - t0) / 1e6))
         for call in log["calls"]:
             if call.end is not None:
-                comms.append((r["rank"], group_of(call.group, r["groups"], world), call.op,
+                comms.append((r["rank"], group_of(call.group, r["groups"], world, call.op), call.op,
                               (call.start - t0) / 1e6, (call.end - t0) / 1e6))
     return {"passes": passes, "comms": comms}
 

@@ -3,7 +3,8 @@
 Token + learned position embeddings, pre-LayerNorm blocks whose QKV/proj are
 ``ParallelAttention``'s column- and row-parallel layers and whose MLP is ``ParallelMLP`` (TP over
 the given group), a final LayerNorm and an untied output layer, both replicated on every TP
-rank. One ``ToyStage`` is one pipeline stage on one TP rank.
+rank (the planner's ``vocab_parallel=False``). One ``ToyStage`` is one pipeline stage on one TP
+rank; ``labsupport.planner.toy`` wraps it for data parallelism (DDP, ZeRO-1, FSDP2).
 """
 from __future__ import annotations
 
