@@ -250,7 +250,7 @@ def test_toy_layouts_predicted_within_5_percent(toy_results):
     DP, told apart by the ranks each logged call ran on) the bytes handed to each collective
     and the bytes sent exactly as predicted, the calls too (DP: DDP's buckets, FSDP2's units
     split the same bytes into more calls); the host's loopback bytes within 5 % (messages of
-    1 MiB or more)."""
+    1 MiB or more carry 99 % of the bytes or more)."""
     from labsupport.planner import toy
 
     assert len(toy_results) >= 8
@@ -274,7 +274,8 @@ def test_toy_layouts_predicted_within_5_percent(toy_results):
                 assert got == n if group != "dp" else got >= n, (name, group, op, got, n)
             assert set(row["calls_measured"]) == set(row["calls_predicted"]), name
         if cmp["host_measured"] is not None and cmp["host_predicted"]:
-            assert cmp["smallest_message"] >= 2**20
+            # TCP framing dominates small messages: here they carry < 1 % of the bytes
+            assert cmp["small_message_share"] < 0.01, (name, cmp["smallest_message"])
             assert cmp["host_measured"] == pytest.approx(cmp["host_predicted"], rel=0.05), (
                 f"{name}: loopback saw {cmp['host_measured']} bytes in the least busy of 3 steps, "
                 f"predicted {cmp['host_predicted']:.0f}; more means other processes used "

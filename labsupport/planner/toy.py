@@ -144,8 +144,11 @@ def compare(model: ModelSpec, layout: Layout, ranks: list[dict]) -> dict:
                      "calls_predicted": dict(calls), "calls_measured": r["calls"],
                      "sent_predicted": dict(sent), "sent_measured": r["sent"]})
     smallest = min((r["smallest_message"] for r in ranks if r["smallest_message"]), default=None)
+    sent = sum(sum(r["sent"].values()) for r in ranks)
+    small = sum(r["small_message_bytes"] for r in ranks) / sent if sent else 0.0
     return {"rows": rows, "host_predicted": est.host_bytes("gloo"),
             "host_measured": ranks[0]["lo_bytes"], "smallest_message": smallest,
+            "small_message_share": small,
             "step_ms": statistics.median(r["step_ms"] for r in ranks), "estimate": est}
 
 
@@ -311,16 +314,18 @@ def _run_entry(rank, model, layout, seed, wire_repeats, rates=True):
         report = measure(measured_model, *inputs, loss_fn=measured_loss, optimizer=opt)
     state = model_state(wrapped, opt).as_dict()
     handed, calls, sent = defaultdict(int), defaultdict(int), defaultdict(float)
-    smallest = None
+    smallest, small = None, 0.0
     for c in log.calls:
         if c.op in NO_PAYLOAD:  # the planner counts what each rank sends
             continue
         group, size = group_of(c.group, mine, dist.get_world_size(), c.op), len(c.group or ()) or 1
         handed[(group, c.op)] += c.bytes
         calls[(group, c.op)] += 1
-        sent[group] += sent_from_handed(c.op, c.bytes, size, "gloo")
+        moved = sent_from_handed(c.op, c.bytes, size, "gloo")
+        sent[group] += moved
         full = full_bytes(c.op, c.bytes, size)
         smallest = full if smallest is None else min(smallest, full)
+        small += moved if full < 2**20 else 0  # TCP framing shows on these
     deltas, times, flops = [], [], []
     # One rank sends nothing: without the rates, its extra steps would measure nothing asked.
     for _ in range(wire_repeats if rates or dist.get_world_size() > 1 else 0):
@@ -344,7 +349,7 @@ def _run_entry(rank, model, layout, seed, wire_repeats, rates=True):
             "most_held": {v: report.breakdown[v] for v in CATEGORIES.values()},
             "peak": dict(report.peak_breakdown),
             "handed": dict(handed), "calls": dict(calls), "sent": dict(sent),
-            "smallest_message": smallest,
+            "smallest_message": smallest, "small_message_bytes": small,
             "lo_bytes": min(deltas) if deltas and rank == 0 else None,
             "step_ms": statistics.median(times) if times else float("nan"),
             # This rank's machine, measured between the timed steps (same load as the steps):

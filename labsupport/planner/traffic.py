@@ -84,8 +84,9 @@ def stage_collectives(model, layout, first, last, L, params) -> list[Collective]
                 out.append(Collective("tp", "all_reduce", act, m, t,
                                       "vocab-parallel embedding output"))
             if last and sp:
-                out += [Collective("tp", "all_gather", act, m, t,
-                                   "output layer input from the sequence shards"),
+                out += [Collective("tp", "all_gather", act, 2 * m, t,
+                                   "output layer input from the sequence shards (forward, and "
+                                   "again in backward: the shard is what is stored)"),
                         Collective("tp", "reduce_scatter", act, m, t, "its gradient (backward)")]
             elif last:
                 out.append(Collective("tp", "all_reduce", act, m, t,
@@ -94,6 +95,14 @@ def stage_collectives(model, layout, first, last, L, params) -> list[Collective]
                 ce = max(4, ACTIVATION_BYTES[layout.precision]) * b * s  # fp32 (fp64) statistics
                 out.append(Collective("tp", "all_reduce", ce, 3 * m, t,
                                       "vocab-parallel cross-entropy: max, target logit, sum of exp"))
+        elif layout.sequence_parallel:  # replicated embedding and output layer
+            if first:
+                out.append(Collective("tp", "all_gather", act, m, t,
+                                      "gradient of the embedding output kept as sequence shards "
+                                      "(backward of the scatter)"))
+            if last:
+                out.append(Collective("tp", "all_gather", act, m, t,
+                                      "sequence shards gathered for the replicated output layer"))
         if layout.sequence_parallel:
             rep = L * (model.norm_params() * 2 + (2 * h if model.bias else 0)) \
                 + (model.norm_params() if last else 0)
