@@ -19,7 +19,6 @@ workspaces, overlap of communication with compute (time adds them up).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from ..formulas.activations import (embedding_activation_terms, layer_activation_terms,
@@ -28,7 +27,7 @@ from ..formulas.flops import attention_core_forward_flops, layer_forward_flops, 
 from ..formulas.pipeline import bubble_formula, in_flight_microbatches
 from .layout import ACTIVATION_BYTES, BYTES_PER_PARAM, Cluster, Layout
 from .model import ModelSpec
-from .states import model_state_bytes
+from .states import padded_vocab, rank_model_state, stage_params, stage_units
 from .traffic import stage_collectives
 
 GROUPS = ("tp", "pp", "dp")
@@ -153,7 +152,8 @@ def check(model: ModelSpec, layout: Layout, cluster: Cluster | None = None) -> N
     for what, size in (("heads", model.heads), ("key/value heads", model.kv),
                        ("MLP hidden size", model.ffn)):
         if size % t:
-            ok = [d for d in range(1, size + 1) if size % d == 0][:8]
+            ok = [d for d in range(1, model.kv + 1)
+                  if not (model.heads % d or model.kv % d or model.ffn % d)][:8]
             raise ValueError(f"tp={t} does not divide the {size} {what} of {model.name}: "
                              f"choose tp in {ok}")
     if model.layers % layout.pp:
@@ -173,9 +173,8 @@ def check(model: ModelSpec, layout: Layout, cluster: Cluster | None = None) -> N
 def _stage(model: ModelSpec, layout: Layout, k: int) -> StageEstimate:
     pp, dp, m = layout.pp, layout.dp, layout.microbatches
     first, last, L = k == 0, k == pp - 1, model.layers // pp
-    params = _stage_params(model, layout, first, last, L)
-    states = model_state_bytes(params, dp=dp, zero=layout.zero, precision=layout.precision,
-                               ddp_bucket_copy=layout.dp_variant == "dp")
+    params = stage_params(model, layout, k)
+    states = rank_model_state(model, layout, k)
     terms = _activation_terms(model, layout, first, last, L)
     in_flight = in_flight_microbatches(pp, m, k, layout.schedule)
     return StageEstimate(
@@ -185,35 +184,6 @@ def _stage(model: ModelSpec, layout: Layout, k: int) -> StageEstimate:
         in_flight=in_flight, activation_terms=terms,
         collectives=stage_collectives(model, layout, first, last, L, params),
         flops=_stage_flops(model, layout, last, L))
-
-
-def _stage_params(model, layout, first, last, L) -> float:
-    """Parameters on one TP rank of a stage (before ZeRO): split matrices / t, replicated rest."""
-    units = _stage_units(model, layout, first, last)
-    return L * units["layer"] + units["embedding"] + units["output"]
-
-
-def _stage_units(model, layout, first, last) -> dict[str, float]:
-    """Parameters on one TP rank of one layer, and of the stage's embedding and output layer
-    (0 where the stage has none): the units ZeRO-3 gathers one at a time."""
-    t, h, f, lp = layout.tp, model.hidden, model.ffn, model.layer_params()
-    mats = 3 if model.gated_mlp else 2
-    layer = (lp["qkv"] / t + h * h / t + (h if model.bias else 0)
-             + mats * h * f / t + ((mats - 1) * f / t + h if model.bias else 0) + lp["norms"])
-    token = _vocab(model, layout) * h / (t if layout.vocab_parallel else 1)
-    embedding = token + (model.seq_len * h if model.positions == "learned" else 0) if first else 0
-    output = 0
-    if last:
-        output = model.norm_params()
-        if not model.tied_embeddings or layout.pp > 1:
-            output += token  # Megatron keeps a copy of a tied embedding on the last stage
-    return {"layer": layer, "embedding": embedding, "output": output}
-
-
-def _vocab(model, layout) -> int:
-    """Vocabulary padded to a multiple of tp when it is split (as Megatron pads it)."""
-    t = layout.tp if layout.vocab_parallel else 1
-    return math.ceil(model.vocab / t) * t
 
 
 def _activation_terms(model, layout, first, last, L) -> dict[str, float]:
@@ -230,7 +200,7 @@ def _activation_terms(model, layout, first, last, L) -> dict[str, float]:
         terms.update(embedding_activation_terms(s, b, h, t=t, sequence_parallel=sp, dropout=dropout))
     if last:
         terms.update(output_activation_terms(
-            s, b, h, _vocab(model, layout), t=t, sequence_parallel=sp,
+            s, b, h, padded_vocab(model, layout), t=t, sequence_parallel=sp,
             vocab_parallel=layout.vocab_parallel, bytes_per_element=e, norm=model.norm,
             norm_stats=True))
     return terms
@@ -254,7 +224,7 @@ def _transient(model, layout, first, last) -> float:
         out += keep - sum(layer_activation_terms(s, b, h, model.heads, recompute="selective",
                                                  **kwargs).values())
     if last:
-        out += 4 * s * b * _vocab(model, layout) / (t if layout.vocab_parallel else 1)
+        out += 4 * s * b * padded_vocab(model, layout) / (t if layout.vocab_parallel else 1)
     return out + _gathered(model, layout, first, last)
 
 
@@ -265,7 +235,7 @@ def _gathered(model, layout, first, last) -> float:
     if layout.zero < 3 or layout.dp == 1:
         return 0.0
     p_bytes, g_bytes, _ = BYTES_PER_PARAM[layout.precision]
-    return (2 * p_bytes + g_bytes) * max(_stage_units(model, layout, first, last).values())
+    return (2 * p_bytes + g_bytes) * max(stage_units(model, layout, first, last).values())
 
 
 def _stage_flops(model, layout, last, L) -> float:
@@ -275,7 +245,7 @@ def _stage_flops(model, layout, last, L) -> float:
     fwd = L * layer_forward_flops(tokens, s, h, model.heads, model.ffn, model.kv, model.gated_mlp) / t
     extra = {"none": 0.0, "full": fwd,
              "selective": L * attention_core_forward_flops(tokens, s, h) / t}[layout.recompute]
-    head = 2 * tokens * h * _vocab(model, layout) / (t if layout.vocab_parallel else 1) if last else 0
+    head = 2 * tokens * h * padded_vocab(model, layout) / (t if layout.vocab_parallel else 1) if last else 0
     return m * (3 * (fwd + head) + extra)
 
 

@@ -144,6 +144,9 @@ PRESETS: dict[str, ModelSpec] = {
     # layer, context 32, the character vocabulary padded to 112 (a multiple of 8·tp for tp=2).
     "course-gpt": ModelSpec(layers=4, hidden=64, heads=4, vocab=112, seq_len=32,
                             name="course tiny GPT"),
+    # The planner's toy check (labsupport.planner.toy): big enough that every TP and PP message
+    # is 1 MiB at micro-batch 2 in fp32 (2·256·512·4 bytes), small enough for a 2-core CPU.
+    "toy-gpt": ModelSpec(layers=2, hidden=512, heads=8, vocab=256, seq_len=256, name="toy GPT"),
 }
 
 
@@ -157,7 +160,7 @@ def from_gpt_config(cfg, name: str = "course GPT") -> ModelSpec:
 
 def preset(name: str) -> ModelSpec:
     """A preset by name (case-insensitive): "gpt3-175b", "llama2-7b", "llama2-13b",
-    "llama2-70b", "course-gpt"."""
+    "llama2-70b", "course-gpt", "toy-gpt"."""
     key = name.lower().replace("_", "-")
     if key not in PRESETS:
         raise ValueError(f"unknown model {name!r}: use one of {', '.join(PRESETS)}")

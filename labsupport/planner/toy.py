@@ -43,12 +43,12 @@ import torch.nn.functional as F
 
 from .estimate import estimate
 from .layout import Layout
-from .model import ModelSpec
+from .model import ModelSpec, preset
 from .toy_model import ToyStage, WholeStep
 
 # Big enough that every TP and PP message is 1 MiB (b·s·h·4 = 2·256·512·4 bytes): below that
 # TCP framing makes the loopback count drift from the payload.
-TOY_MODEL = ModelSpec(layers=2, hidden=512, heads=8, vocab=256, seq_len=256, name="toy GPT")
+TOY_MODEL = preset("toy-gpt")
 _TOY = dict(precision="fp32", vocab_parallel=False, micro_batch=2)
 
 #: name -> Layout: the course's parts, fp32.
@@ -65,7 +65,7 @@ TOY_LAYOUTS: dict[str, Layout] = {
     "dp2 DDP": Layout(dp=2, dp_variant="dp", **_TOY),
     "dp2 ZeRO-1 (torch)": Layout(dp=2, zero=1, dp_variant="zero1", **_TOY),
     "dp2 ZeRO-3 (FSDP2)": Layout(dp=2, zero=3, dp_variant="zero3", **_TOY),
-    "tp2 dp2 DDP (bucket view)": Layout(tp=2, dp=2, dp_variant="dp_bucket_view", **_TOY),
+    "tp2 dp2 ZeRO-1 (torch)": Layout(tp=2, dp=2, zero=1, dp_variant="zero1", **_TOY),
 }
 #: The model-state categories (after the step) and the activations (most held during it).
 CATEGORIES = {"parameters": "parameters", "gradients": "gradients",
@@ -197,6 +197,37 @@ def format_comparison(results: dict[str, list], model: ModelSpec = TOY_MODEL,
     return "\n".join(lines)
 
 
+def format_prediction(model: ModelSpec, layout: Layout, ranks: list[dict], predicted: dict) -> str:
+    """A prediction of one rank's model state (``{"parameters", "gradients", "optimizer_state"}``,
+    bytes) next to the planner's and what every rank measured; activations and bytes sent per
+    group from the planner."""
+    cmp = compare(model, layout, ranks)
+    mib = 2**20
+    keys = (("parameters", "parameters"), ("gradients", "gradients"),
+            ("optimizer_state", "optimizer"), (None, "activations"))
+    lines = [f"{'rank':>4}  {'component':<16}{'predicted':>11}{'planner':>11}{'measured':>11}"
+             f"{'measured/predicted':>20}   (MiB)"]
+    for row in cmp["rows"]:
+        for mine, key in keys:
+            pred = predicted[mine] if mine else row["predicted"][key]
+            meas = row["measured"][key]
+            lines.append(f"{row['rank']:>4}  {key:<16}{pred / mib:>11.2f}"
+                         f"{row['predicted'][key] / mib:>11.2f}{meas / mib:>11.2f}"
+                         f"{meas / pred:>20.3f}")
+    lines.append("activations: the planner's (Korthikanti et al.'s terms); bytes sent per step, "
+                 "this rank, as gloo moves them (predicted / from the collectives' log):")
+    for row in cmp["rows"]:
+        sent = "  ".join(f"{g.upper()} {row['sent_predicted'].get(g, 0) / mib:.2f} / "
+                         f"{row['sent_measured'].get(g, 0) / mib:.2f}"
+                         for g in ("tp", "pp", "dp") if row["sent_predicted"].get(g)
+                         or row["sent_measured"].get(g))
+        lines.append(f"{row['rank']:>4}  {sent}")
+    if cmp["host_measured"] is not None:
+        lines.append(f"host loopback, all ranks: predicted {cmp['host_predicted'] / mib:.2f} MiB, "
+                     f"measured {cmp['host_measured'] / mib:.2f} MiB")
+    return "\n".join(lines)
+
+
 # ---- inside the ranks ------------------------------------------------------------------------
 
 def _toy_rank(rank, world_size, model, entries, seed, wire_repeats, rates):
@@ -244,7 +275,7 @@ def _data_parallel(module, layout, dp_group):
         return module, torch.optim.Adam(module.parameters(), lr=1e-4)
     if variant in ("dp", "dp_bucket_view", "zero1"):
         # The toy's buffers are constants (mask, positions): no per-step buffer broadcast.
-        wrapped = DDP(module, process_group=dp_group, broadcast_buffers=False,
+        wrapped = DDP(module, process_group=dp_group, forward_sync_buffers=False,
                       gradient_as_bucket_view=variant != "dp")
         if variant == "zero1":
             from torch.distributed.optim import ZeroRedundancyOptimizer
