@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from .estimate import estimate
 from .layout import Layout
 from .model import ModelSpec, preset
-from .toy_model import ToyStage, WholeStep
+from .toy_model import ToyStage, WholeStep, has_sequence_parallel
 
 # Big enough that every TP and PP message is 1 MiB (b·s·h·4 = 2·256·512·4 bytes): below that
 # TCP framing makes the loopback count drift from the payload.
@@ -84,8 +84,9 @@ def check_toy_layout(model: ModelSpec, layout: Layout) -> None:
     if layout.dp_variant == "zero3" and layout.tp > 1:
         raise ValueError("FSDP2 over a TP-sharded toy needs a 2-D DeviceMesh: use tp=1 with "
                          "ZeRO-3")
-    if layout.sequence_parallel:
-        raise ValueError("sequence parallelism needs the sequence-parallel layers (issue #13)")
+    if layout.sequence_parallel and not has_sequence_parallel():
+        raise ValueError("sequence parallelism needs the course's sequence-parallel layers "
+                         "(labsupport.tensor_parallel.sequence, Lab 01), which this version lacks")
     if layout.vocab_parallel:
         raise ValueError("the toy GPT replicates its embedding and output layer: use "
                          "vocab_parallel=False")
@@ -266,8 +267,40 @@ def _groups(rank, layout):
     return (d, s, t), tp_group, dp_group, mine
 
 
-def _data_parallel(module, layout, dp_group):
+def _data_parallel(module, layout, dp_group, tp_group=None):
     """Wrap the stage as Lab 06's variant ``layout.dp_variant``; (module, optimizer)."""
+    wrapped, opt = _dp_wrap(module, layout, dp_group)
+    return wrapped, (_SequenceParallelStep(opt, module, tp_group) if layout.sequence_parallel
+                     else opt)
+
+
+class _SequenceParallelStep:
+    """The optimizer of a sequence-parallel stage: before each step, all-reduce the gradients of
+    the parameters that saw only this rank's tokens (LayerNorms, row-parallel biases) over the TP
+    group, as Megatron-LM does. ``optim`` is the optimizer holding the state, which is where
+    ``labsupport.memory.model_state`` looks."""
+
+    def __init__(self, opt, module, group):
+        from ..memory.state import inner_optimizer
+
+        self.outer, self.module, self.group = opt, module, group
+        self.optim = inner_optimizer(opt)
+
+    @property
+    def param_groups(self):
+        return self.outer.param_groups
+
+    def step(self):
+        from ..tensor_parallel import sync_sequence_parallel_grads
+
+        sync_sequence_parallel_grads(self.module, self.group)
+        self.outer.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.outer.zero_grad(set_to_none=set_to_none)
+
+
+def _dp_wrap(module, layout, dp_group):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     variant = layout.dp_variant if layout.dp > 1 else None
@@ -312,7 +345,7 @@ def _run_entry(rank, model, layout, seed, wire_repeats, rates=True):
     links = [pipeline_links(pp, [k * tp + j for k in range(pp)]) for j in range(tp)] if pp > 1 else None
     torch.manual_seed(seed)  # same weights on every rank: replicated parts agree
     module = ToyStage(model, layout, stage, tp_rank, tp_group)
-    wrapped, opt = _data_parallel(module, layout, dp_group)
+    wrapped, opt = _data_parallel(module, layout, dp_group, tp_group)
     gen = torch.Generator().manual_seed(seed + 1 + d)  # each replica its own batch
     ids = torch.randint(model.vocab, (b * m, model.seq_len), generator=gen)
     targets = torch.randint(model.vocab, (b * m, model.seq_len), generator=gen)
@@ -327,7 +360,8 @@ def _run_entry(rank, model, layout, seed, wire_repeats, rates=True):
         def step():
             loss_fn(wrapped(ids), targets).backward()
     else:
-        shape = (b, model.seq_len, model.hidden)
+        tokens = model.seq_len // (tp if layout.sequence_parallel else 1)  # SP: sends its shard
+        shape = (b, tokens, model.hidden)
         actions = one_f_one_b(pp, m)[stage]
         batch = ids.float()  # the executor receives activations in the batch's dtype
 
