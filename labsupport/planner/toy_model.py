@@ -29,6 +29,14 @@ def has_sequence_parallel() -> bool:
     return hasattr(tensor_parallel, "sync_sequence_parallel_grads")
 
 
+def _mark_sequence_parallel(*modules):
+    """Mark parameters whose gradient is a partial sum over this rank's tokens (the layers'
+    convention: ``param.sequence_parallel = True``, read by ``sync_sequence_parallel_grads``)."""
+    for m in modules:
+        for p in m.parameters():
+            p.sequence_parallel = True
+
+
 class ToyBlock(nn.Module):
     """Pre-LN block on one TP rank: ``x + proj(core(qkv(ln1(x))))``, then ``+ mlp(ln2(x))``.
 
@@ -47,8 +55,8 @@ class ToyBlock(nn.Module):
         self.attn = ParallelAttention(h, model.heads, causal=True, rank=tp_rank, world_size=tp,
                                       group=group, **sp)
         self.mlp = ParallelMLP(h, model.ffn, rank=tp_rank, world_size=tp, group=group, **sp)
-        if sequence_parallel:
-            tensor_parallel.mark_sequence_parallel(*self.ln1.parameters(), *self.ln2.parameters())
+        if sequence_parallel:  # they see only this rank's tokens: sync_sequence_parallel_grads
+            _mark_sequence_parallel(self.ln1, self.ln2)
         self.explicit, self.selective = explicit, selective
         mask = torch.ones(model.seq_len, model.seq_len, dtype=torch.bool).triu(1)
         self.register_buffer("mask", mask, persistent=False)
@@ -98,7 +106,7 @@ class ToyStage(nn.Module):
         if self.last:
             self.ln_f, self.head = nn.LayerNorm(h), nn.Linear(h, model.vocab, bias=False)
             if self.sp:
-                tensor_parallel.mark_sequence_parallel(*self.ln_f.parameters())
+                _mark_sequence_parallel(self.ln_f)
 
     def forward(self, x):
         if self.first:
