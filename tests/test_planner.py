@@ -294,3 +294,41 @@ def test_toy_rejects_what_the_course_cannot_run_yet():
                                                    vocab_parallel=False))
     with pytest.raises(ValueError, match="vocab_parallel=False"):
         toy.check_toy_layout(toy.TOY_MODEL, Layout(precision="fp32"))
+
+
+def test_rank_model_state_counts_what_tp_splits():
+    """The toy GPT at tp=2: QKV and fc1 (with biases) and the proj/fc2 weights halve; norms,
+    the proj/fc2 biases and the replicated embeddings and output layer do not."""
+    from labsupport.planner import rank_model_state
+    from labsupport.planner.states import stage_params
+
+    model = preset("toy-gpt")
+    h, f, L = model.hidden, model.ffn, model.layers
+    whole = model.embedding_params() + model.norm_params() + model.head_params()
+    lay = Layout(tp=2, precision="fp32", vocab_parallel=False)
+    per_layer = (3 * h * h + 3 * h + h * f + f + f * h + h * h) / 2 + 2 * h + 4 * h
+    assert stage_params(model, lay) == L * per_layer + whole
+    state = rank_model_state(model, lay.with_(dp=2, zero=1))
+    assert state["optimizer_state"] == 8 * stage_params(model, lay) / 2
+    with pytest.raises(ValueError, match=r"stage must be in 0..0"):
+        stage_params(model, lay, stage=1)
+
+
+def test_search_with_tp_across_nodes_and_the_figures():
+    """search(tensor_parallel=...) tries TP wider than a node; plot's curves show the jump."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from labsupport.planner import plot
+
+    model = preset("llama2-13b")
+    clusters = {"4 per node": cluster("h100", 16, gpus_per_node=4)}
+    curves = plot.step_time_vs_tp(model, clusters, 64, tps=(2, 4, 8))
+    (t2, c2), (t4, c4), (t8, c8) = curves["4 per node"]
+    assert c8.layout.tp == 8 and c8.step_time > 1.5 * min(c2.step_time, c4.step_time)
+    assert plot.plot_step_time_vs_tp(curves, clusters) is not None
+    rows = plot.memory_rows(model, {"DP": Layout(dp=16, microbatches=4), "best": c4.layout},
+                            clusters["4 per node"])
+    assert plot.plot_memory_by_component(rows, clusters["4 per node"]) is not None
+    with pytest.raises(ValueError, match="tensor_parallel degrees must be whole numbers"):
+        search(model, clusters["4 per node"], 64, tensor_parallel=(0,))
