@@ -60,7 +60,7 @@ def test_zero_16_bytes_per_parameter():
     figure as quoted from §3.1 by reviews of the paper; the PDF was not in the stored corpus)."""
     assert model_state_bytes(1.5e9)["total"] == 24 * GB
     fp32 = model_state_bytes(1.0, precision="fp32")
-    assert (fp32["parameters"], fp32["gradients"], fp32["optimizer"]) == (4, 4, 8)
+    assert (fp32["parameters"], fp32["gradients"], fp32["optimizer_state"]) == (4, 4, 8)
 
 
 def test_zero3_moves_1_5x_the_bytes_of_data_parallelism():
@@ -216,3 +216,12 @@ def test_collective_bytes_ring_and_gloo():
     assert coll.handed_bytes("all_gather", n, 4) == 250
     with pytest.raises(ValueError, match="unknown collective"):
         coll.ring_bytes("allreduce", n, 2)
+    # per rank by implementation; and from what a logged call was handed
+    assert coll.sent_bytes("reduce_scatter", n, 4, "gloo") == 2 * coll.sent_bytes("reduce_scatter", n, 4)
+    assert coll.sent_bytes("all_reduce", n, 4, "gloo") == coll.sent_bytes("all_reduce", n, 4) == 1500
+    assert coll.sent_bytes("send", n, 2, "gloo") == coll.sent_bytes("send", n, 2) == n
+    assert coll.full_bytes("all_gather", 250, 4) == n
+    assert coll.sent_from_handed("all_gather", 250, 4) == 750
+    assert coll.sent_from_handed("recv", n, 2) == coll.sent_from_handed("barrier", 0, 4) == 0
+    with pytest.raises(ValueError, match="unknown implementation 'nccl'"):
+        coll.sent_bytes("all_reduce", n, 2, "nccl")

@@ -61,8 +61,25 @@ def test_communication_formulas():
     assert total("zero3_bf16") == ring + 2 * ring       # bf16 all-gathers: half
 
 
+def test_dp_step_collectives_the_papers_forms_with_micro_batches():
+    def calls(z, m):
+        return [(op, calls) for op, _, calls, _ in zero.dp_step_collectives(10, 4, z, microbatches=m)]
+
+    assert calls(0, 8) == [("all_reduce", 1)]
+    assert calls(1, 8) == [("reduce_scatter", 1), ("all_gather", 1)]
+    assert calls(2, 8) == [("reduce_scatter", 8), ("all_gather", 1)]
+    assert calls(3, 8) == [("all_gather", 8), ("all_gather", 8), ("reduce_scatter", 8)]
+    # the same bytes as the paper's 2Ψ / 3Ψ in the ring model at one micro-batch
+    from labsupport.formulas.collectives import ring_bytes
+    for z in range(4):
+        moved = sum(c * ring_bytes(op, n, 4) for op, n, c, _ in zero.dp_step_collectives(10, 4, z))
+        assert moved == pytest.approx(zero.ring_comm_bytes(10, 4, z, 2))
+
+
 @pytest.mark.parametrize("call, message", [
-    (lambda: zero.model_state_bytes(-1), "num_params must be a whole number >= 0"),
+    (lambda: zero.model_state_bytes(-1), "num_params must be a number >= 0"),
+    (lambda: zero.model_state_bytes(10, zero=True), "zero must be a ZeRO stage"),
+    (lambda: zero.dp_step_collectives(10, 2, 2, variant="zero1"), "set zero=1"),
     (lambda: zero.model_state_bytes(10, dp=0), "dp must be a whole number >= 1"),
     (lambda: zero.model_state_bytes(10, zero=4), "zero must be a ZeRO stage 0, 1, 2 or 3"),
     (lambda: zero.model_state_bytes(10, precision="fp8"), "unknown precision 'fp8'"),

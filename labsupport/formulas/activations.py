@@ -150,10 +150,12 @@ def output_activation_terms(s: int, b: int, h: int, vocab: int, *, t: int = 1,
     final norm input ``2sbh/t``, output-layer input ``2sbh/t``, fp32 logits of the
     cross-entropy ``4sbv/t`` -- their figures with sequence parallelism). The logits are split
     over t only with a vocab-parallel output layer; the norm's terms only with sequence
-    parallelism."""
+    parallelism -- and the output layer's input only when that layer is split too (a
+    replicated one gets the all-gathered full sequence and saves it whole)."""
     _check_choice(norm, NORMS, "norm")
     e, sbh, rep = bytes_per_element, s * b * h, (t if sequence_parallel else 1)
-    terms = {"final norm input": e * sbh / rep, "output layer input (final norm output)": e * sbh / rep}
+    terms = {"final norm input": e * sbh / rep,
+             "output layer input (final norm output)": e * sbh / (rep if vocab_parallel else 1)}
     if norm_stats:
         terms["final norm statistics (fp32)"] = (2 if norm == "layernorm" else 1) * 4 * s * b / rep
     terms["logits kept by the cross-entropy (fp32)"] = 4 * s * b * vocab / (t if vocab_parallel else 1)

@@ -18,6 +18,10 @@ Three numbers describe one collective on a group of t ranks, for an N-byte tenso
 from __future__ import annotations
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "send")
+IMPLEMENTATIONS = ("ring", "gloo")
+#: Logged calls that move no payload of their own: a receive (the sender's bytes count) and a
+#: barrier (a few bytes of headers).
+NO_PAYLOAD = ("recv", "barrier")
 
 
 def _check(n_bytes, world_size) -> None:
@@ -85,3 +89,40 @@ def handed_bytes(op: str, n_bytes: float, world_size: int) -> float:
     if op in OPS:
         return float(n_bytes)
     raise ValueError(f"unknown collective {op!r}: use one of {', '.join(OPS)}")
+
+
+def full_bytes(op: str, handed: float, world_size: int) -> float:
+    """The full tensor N of a call in which one rank handed ``handed`` bytes: the inverse of
+    :func:`handed_bytes` (all-gather: t x the shard; the others: what was handed)."""
+    _check(handed, world_size)
+    if op == "all_gather":
+        return handed * world_size
+    if op in OPS:
+        return float(handed)
+    raise ValueError(f"unknown collective {op!r}: use one of {', '.join(OPS)}")
+
+
+def sent_bytes(op: str, n_bytes: float, world_size: int, implementation: str = "ring") -> float:
+    """Bytes one rank sends for ``op`` on an N-byte (full) tensor, by the implementation.
+
+    "ring": :func:`ring_bytes` (NCCL's bandwidth-optimal algorithms). "gloo": what gloo moves,
+    :func:`gloo_host_bytes` shared evenly by the t ranks -- the same as the ring for all-reduce,
+    all-gather and broadcast, twice the ring for reduce-scatter (it all-reduces, then keeps a
+    shard); a send is the sender's N either way.
+    """
+    if implementation == "ring":
+        return ring_bytes(op, n_bytes, world_size)
+    if implementation == "gloo":
+        if op == "send":
+            return gloo_host_bytes(op, n_bytes, world_size)
+        return gloo_host_bytes(op, n_bytes, world_size) / world_size
+    raise ValueError(f"unknown implementation {implementation!r}: use one of "
+                     f"{', '.join(IMPLEMENTATIONS)}")
+
+
+def sent_from_handed(op: str, handed: float, world_size: int, implementation: str = "ring") -> float:
+    """Bytes one rank sends for one logged call (``count_collectives``: op, bytes handed, group
+    size): :func:`sent_bytes` of the call's full tensor; 0 for a receive or a barrier."""
+    if op in NO_PAYLOAD:
+        return 0.0
+    return sent_bytes(op, full_bytes(op, handed, world_size), world_size, implementation)

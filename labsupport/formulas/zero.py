@@ -19,28 +19,34 @@ fp32 parameters and gradients, so it is 4 + 4 + 8 too — the paper's 16 bytes, 
 2Ψ elements (a reduce-scatter then an all-gather, each Ψ in the large-N limit); ZeRO-1 and
 ZeRO-2 replace it by a reduce-scatter of the gradient and an all-gather of the updated
 parameters: also 2Ψ; ZeRO-3 all-gathers the parameters twice (forward and backward) and
-reduce-scatters the gradient: 3Ψ. A ring moves (N-1)/N of that, and what a library *does* can
-differ again (``implemented_comm``): torch's ZeRO-1 keeps DDP's all-reduce and adds a
-broadcast, and gloo's reduce-scatter moves all-reduce traffic (measured, COURSE_DESIGN §4).
+reduce-scatters the gradient: 3Ψ. ``dp_step_collectives`` lists the collectives of each form
+and of each course variant as torch implements it (torch's ZeRO-1 keeps DDP's all-reduce and
+adds a broadcast); what each moves per rank comes from :mod:`labsupport.formulas.collectives`
+(a ring's (N-1)/N; gloo's reduce-scatter moves all-reduce traffic, COURSE_DESIGN §4).
 
 ``labsupport.planner`` and the labs import these; nothing here imports torch.
 """
 from __future__ import annotations
 
-from numbers import Integral
+from numbers import Integral, Real
+
+from .collectives import sent_bytes
 
 __all__ = ["PRECISIONS", "STAGES", "bytes_per_param", "model_state_bytes", "formula_text",
-           "paper_comm_bytes", "ring_comm_bytes", "implemented_comm", "VARIANT_STAGE"]
+           "paper_comm_bytes", "ring_comm_bytes", "dp_step_collectives", "implemented_comm",
+           "VARIANT_STAGE"]
 
 #: Bytes per parameter of (parameters, gradients, optimizer state) for each training recipe.
 #: "bf16-mixed": bf16 weights and gradients, fp32 master weight + Adam's two moments (K = 12),
 #: the paper's recipe (Megatron-LM, DeepSpeed). "fp32": fp32 weights, gradients, Adam (K = 8).
 #: "bf16-autocast": torch.autocast keeps fp32 weights and gradients and casts inside ops.
+#: "fp64": the course's float64 parity runs (Lab 07): 8 + 8 + 16.
 PRECISIONS = {
     "bf16-mixed": (2, 2, 12),
     "fp16-mixed": (2, 2, 12),
     "fp32": (4, 4, 8),
     "bf16-autocast": (4, 4, 8),
+    "fp64": (8, 8, 16),
 }
 
 #: ZeRO stage -> what it shards (the paper's names).
@@ -59,7 +65,7 @@ def _count(name, value, minimum=1):
 
 
 def _stage(zero):
-    if zero not in STAGES:
+    if isinstance(zero, bool) or zero not in STAGES:
         raise ValueError(f"zero must be a ZeRO stage 0, 1, 2 or 3, got {zero!r}")
     return zero
 
@@ -71,13 +77,23 @@ def bytes_per_param(precision: str = "bf16-mixed") -> tuple:
     return PRECISIONS[precision]
 
 
-def model_state_bytes(num_params: int, dp: int = 1, zero: int = 0, tp: int = 1, pp: int = 1,
+def _psi(num_params):
+    if isinstance(num_params, bool) or not isinstance(num_params, Real) or not num_params >= 0:
+        raise ValueError(f"num_params must be a number >= 0, got {num_params!r}")
+    return num_params
+
+
+def model_state_bytes(num_params: float, dp: int = 1, zero: int = 0, tp: int = 1, pp: int = 1,
                       precision: str = "bf16-mixed", *, ddp_bucket_copy: bool = False) -> dict:
     """Per-rank bytes of parameters, gradients and optimizer state (the ZeRO paper's form).
 
+    The one model-state formula of the course: Lab 06's tables, Lab 07's predictions and the
+    planner (``labsupport.planner.model_state_bytes`` is this function) all call it.
+
     Args:
-        num_params: Ψ of the whole model; tensor and pipeline parallelism give each rank
-            Ψ/(tp·pp) (an even split: real layouts differ by the embeddings).
+        num_params: Ψ of the whole model (need not be whole: a TP rank's share); tensor and
+            pipeline parallelism give each rank Ψ/(tp·pp) (an even split: the planner passes
+            each stage's own count with tp = pp = 1).
         dp: data-parallel degree N; zero: ZeRO stage 0-3 (what is divided by N).
         precision: a recipe of ``PRECISIONS``.
         ddp_bucket_copy: torch DDP's default (``gradient_as_bucket_view=False``) keeps its
@@ -90,7 +106,7 @@ def model_state_bytes(num_params: int, dp: int = 1, zero: int = 0, tp: int = 1, 
     >>> model_state_bytes(1000, dp=4, zero=1, precision="fp32")["total"]  # 8Ψ + 8Ψ/N
     10000.0
     """
-    psi = _count("num_params", num_params, 0) / (_count("tp", tp) * _count("pp", pp))
+    psi = _psi(num_params) / (_count("tp", tp) * _count("pp", pp))
     n, stage = _count("dp", dp), _stage(zero)
     p, g, o = bytes_per_param(precision)
     out = {"parameters": p * psi / (n if stage >= 3 else 1),
@@ -123,7 +139,7 @@ def formula_text(zero: int, precision: str = "fp32", ddp_bucket_copy: bool = Fal
 def paper_comm_bytes(num_params: int, zero: int, bytes_per_element: int = 2) -> float:
     """Bytes each rank sends per step by the ZeRO paper (§7): 2Ψ elements for stages 0-2, 3Ψ
     for stage 3 — the large-N limit, without the ring's (N-1)/N."""
-    return (3 if _stage(zero) == 3 else 2) * _count("num_params", num_params, 0) * bytes_per_element
+    return (3 if _stage(zero) == 3 else 2) * _psi(num_params) * bytes_per_element
 
 
 def ring_comm_bytes(num_params: int, dp: int, zero: int, bytes_per_element: int = 2) -> float:
@@ -132,42 +148,88 @@ def ring_comm_bytes(num_params: int, dp: int, zero: int, bytes_per_element: int 
     return paper_comm_bytes(num_params, zero, bytes_per_element) * (n - 1) / n
 
 
+def dp_step_collectives(num_params: float, dp: int, zero: int | None = None, *,
+                        variant: str | None = None, microbatches: int = 1,
+                        param_bytes: int = 2, grad_bytes: int = 2) -> list:
+    """The collectives one rank issues on its data-parallel group per step.
+
+    Args:
+        num_params: Ψ of this rank's model (its TP and pipeline share).
+        dp: N; zero: the ZeRO stage (optional when ``variant`` is given).
+        variant: None -- the ZeRO paper's form of stage ``zero`` as DeepSpeed and Megatron-LM
+            run it with ``microbatches`` micro-batches per step:
+              0  all-reduce of the accumulated gradient after the last micro-batch;
+              1  reduce-scatter of the accumulated gradient, all-gather of the parameters;
+              2  reduce-scatter of each micro-batch's gradient (no full gradient is kept),
+                 one all-gather of the parameters;
+              3  all-gather of the parameters for each micro-batch's forward and again for its
+                 backward, reduce-scatter of each micro-batch's gradient.
+            Or a course variant of ``VARIANT_STAGE``, as torch and Lab 06 implement it:
+              "dp", "dp_bucket_view"  DDP: one all-reduce of the gradient (in buckets);
+              "zero1"  DDP's all-reduce, then ``ZeroRedundancyOptimizer`` broadcasts each
+                       rank's updated parameters: N broadcasts, Ψ/N each on average;
+              "zero2"  the course's ``Zero2``: one reduce-scatter, one all-gather;
+              "zero3", "zero3_bf16"  FSDP2: stage 3's form (bf16: the all-gathers move 2
+                       bytes per element whatever ``param_bytes`` says).
+        param_bytes, grad_bytes: bytes per element of the parameters and gradients moved.
+
+    Returns:
+        ``[(op, nbytes, calls, what), ...]``: ``calls`` x ``op`` on a tensor of ``nbytes``
+        (the full tensor: all-gather's gathered result), as in
+        :mod:`labsupport.formulas.collectives`. Bucketing (DDP), units (FSDP) or per-rank
+        broadcasts split the same bytes into more calls; the bytes are what they sum to.
+    """
+    n, m = _count("dp", dp), _count("microbatches", microbatches)
+    if variant is not None:
+        if variant not in VARIANT_STAGE:
+            raise ValueError(f"unknown variant {variant!r}: use one of {', '.join(VARIANT_STAGE)}")
+        if zero is not None and zero != VARIANT_STAGE[variant]:
+            raise ValueError(f"variant {variant!r} is ZeRO stage {VARIANT_STAGE[variant]}, not "
+                             f"{zero}: set zero={VARIANT_STAGE[variant]}")
+        zero = VARIANT_STAGE[variant]
+    stage = _stage(0 if zero is None else zero)
+    grads, params = _psi(num_params) * grad_bytes, _psi(num_params) * param_bytes
+    if variant in ("dp", "dp_bucket_view") or (variant is None and stage == 0):
+        return [("all_reduce", grads, 1, "gradients")]
+    if variant == "zero1":
+        return [("all_reduce", grads, 1, "gradients"),
+                ("broadcast", params / n, n, "parameters, each rank its updated share")]
+    if variant == "zero2" or (variant is None and stage == 1):
+        return [("reduce_scatter", grads, 1, "gradients"),
+                ("all_gather", params, 1, "parameters after the optimizer step")]
+    if variant is None and stage == 2:
+        return [("reduce_scatter", grads, m, "each micro-batch's gradients"),
+                ("all_gather", params, 1, "parameters after the optimizer step")]
+    gathered = _psi(num_params) * 2 if variant == "zero3_bf16" else params
+    return [("all_gather", gathered, m, "parameters for forward"),
+            ("all_gather", gathered, m, "parameters for backward"),
+            ("reduce_scatter", grads, m, "each micro-batch's gradients")]
+
+
 def implemented_comm(variant: str, num_params: int, dp: int, bytes_per_element: int = 4,
                      reduce_scatter: str = "gloo") -> list:
     """What one step of a course variant sends per rank, collective by collective.
 
     Args:
-        variant: "dp" / "dp_bucket_view" (DDP: one all-reduce of the gradient), "zero1"
-            (torch ``ZeroRedundancyOptimizer`` under DDP: the all-reduce, then each rank
-            broadcasts the parameters it updated), "zero2" (the course's hand-written ZeRO-2:
-            reduce-scatter of the gradient, all-gather of the parameters), "zero3" (FSDP2,
-            every layer wrapped: all-gather in forward, again in backward, reduce-scatter),
-            "zero3_bf16" (the same with bf16 all-gathers: 2 bytes per element, whatever
-            ``bytes_per_element`` says; the gradient is reduce-scattered in fp32).
-        reduce_scatter: "gloo" — gloo's reduce-scatter moves as much as an all-reduce,
-            2(N-1)/N per rank (measured: host loopback 2.0× the tensor at 2 ranks, 6.0× at 4);
-            "ring" — a ring reduce-scatter, (N-1)/N (NCCL).
+        variant: a course variant (see :func:`dp_step_collectives`).
+        reduce_scatter: "gloo" -- gloo's reduce-scatter moves as much as an all-reduce,
+            2(N-1)/N per rank (measured: host loopback 2.0x the tensor at 2 ranks, 6.0x at 4);
+            "ring" -- a ring reduce-scatter, (N-1)/N (NCCL). All-reduce, all-gather and
+            broadcast are ring-like on gloo too (measured: 2(N-1)/N, (N-1)/N, (N-1)/N).
 
     Returns:
-        ``[(collective, bytes sent per rank), ...]``; their sum is the step's per-rank volume.
-        All-reduce and all-gather are ring-like on gloo too (measured: 2(N-1)/N and (N-1)/N).
+        ``[(collective, bytes sent per rank), ...]``; their sum is the step's per-rank volume
+        (bytes from :func:`labsupport.formulas.collectives.sent_bytes`).
     """
     if variant not in VARIANT_STAGE:
         raise ValueError(f"unknown variant {variant!r}: use one of {', '.join(VARIANT_STAGE)}")
     if reduce_scatter not in ("gloo", "ring"):
         raise ValueError(f"reduce_scatter must be 'gloo' or 'ring', got {reduce_scatter!r}")
     n = _count("dp", dp)
-    psi_b = _count("num_params", num_params, 0) * bytes_per_element
-    ring = (n - 1) / n * psi_b
-    rs = 2 * ring if reduce_scatter == "gloo" else ring
-    if variant in ("dp", "dp_bucket_view"):
-        return [("all_reduce gradients", 2 * ring)]
-    if variant == "zero1":
-        # Each rank broadcasts its 1/N of the parameters to N-1 peers: (N-1)/N·Ψ per rank on
-        # average (measured on gloo: host total (N-1)·Ψ, like an all-gather).
-        return [("all_reduce gradients", 2 * ring), ("broadcast parameters", ring)]
-    if variant == "zero2":
-        return [("reduce_scatter gradients", rs), ("all_gather parameters", ring)]
-    gather = ring * 2 / bytes_per_element if variant == "zero3_bf16" else ring
-    return [("all_gather parameters (forward)", gather), ("all_gather parameters (backward)", gather),
-            ("reduce_scatter gradients", rs)]
+    out = []
+    for op, nbytes, calls, what in dp_step_collectives(
+            num_params, n, variant=variant, param_bytes=bytes_per_element,
+            grad_bytes=bytes_per_element):
+        impl = reduce_scatter if op == "reduce_scatter" else "ring"
+        out.append((f"{op} {what}", calls * sent_bytes(op, nbytes, n, impl)))
+    return out

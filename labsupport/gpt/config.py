@@ -44,6 +44,11 @@ class RunConfig:
         return {"float32": torch.float32, "float64": torch.float64}[self.dtype]
 
     @property
+    def precision(self) -> str:
+        """The recipe's name in ``labsupport.formulas.zero`` and the planner: "fp32" or "fp64"."""
+        return {"float32": "fp32", "float64": "fp64"}[self.dtype]
+
+    @property
     def micro_batch_size(self) -> int:
         return self.batch_size // (self.layout.dp * self.microbatches)
 

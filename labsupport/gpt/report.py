@@ -52,7 +52,8 @@ def step_summary(run, results, skip: int = 1) -> dict:
             mine = {g: 0.0 for g in GROUPS}
             for call in r["logs"][step]["calls"]:
                 if call.end is not None:
-                    mine[group_of(call.group, r["groups"], len(results))] += call.end - call.start
+                    group = group_of(call.group, r["groups"], len(results), call.op)
+                    mine[group] += call.end - call.start
             for g in GROUPS:
                 comm[g] += mine[g] / 1e6
                 share[g] += mine[g] / r["step_ns"][step]
@@ -89,25 +90,28 @@ def format_summaries(rows: list, base: dict | None = None) -> str:
 def holdings(run, results) -> list:
     """Per rank: coordinates, its layers, parameter count and the model state AdamW keeps
     (parameter + gradient + two moments: 4 copies of every parameter; bytes from the dtype)."""
+    from ..formulas.zero import model_state_bytes
     from .parallel import describe_stages
 
     texts = describe_stages(run.model.n_layer, run.layout.pp)
     e = run.torch_dtype.itemsize
+    precision = run.precision
     rows = []
     for r in sorted(results, key=lambda r: r["rank"]):
         d, s, t = r["coords"]
         params = r["param_bytes"] // e
-        rows.append({"rank": r["rank"], "coords": (d, s, t), "layers": texts[s],
-                     "params": params, "model_state_bytes": 4 * params * e})
+        rows.append({"rank": r["rank"], "coords": (d, s, t), "layers": texts[s], "params": params,
+                     "model_state_bytes": model_state_bytes(params, precision=precision)["total"]})
     return rows
 
 
 def memory_prediction(run, coords) -> dict:
     """What rank (d, s, t) holds at most during one 1F1B step, from formulas (bytes).
 
-    Model state (e = bytes per element, P = the rank's parameters): parameters e·P, gradients
-    e·P (twice that with dp > 1: the flat all-reduce buffer is a second copy while it lives),
-    AdamW's two moments 2·e·P plus a 4-byte step counter per parameter tensor.
+    Model state (e = bytes per element, P = the rank's parameters), by
+    ``formulas.zero.model_state_bytes``: parameters e·P, gradients e·P (twice that with dp > 1:
+    the flat all-reduce buffer is a second copy while it lives, like DDP's buckets), AdamW's
+    two moments 2·e·P, plus a 4-byte step counter per parameter tensor.
     Activations, per micro-batch of b sequences of s tokens: every block of the stage saves
     ``formulas.activations.layer_activation_terms`` (e bytes per element, no dropout, flash
     attention -- the CPU kernel keeps only the log-sum-exp --, LayerNorm statistics); the first
@@ -120,6 +124,7 @@ def memory_prediction(run, coords) -> dict:
     """
     from ..formulas.activations import layer_activation_terms, output_activation_terms
     from ..formulas.pipeline import in_flight_microbatches
+    from ..formulas.zero import model_state_bytes
     from .parallel import stage_layer_ranges
 
     lay, cfg = run.layout, run.model
@@ -142,9 +147,13 @@ def memory_prediction(run, coords) -> dict:
     if s > 0 and run.microbatches > in_flight:
         terms["the executor's next input, received ahead"] = b * T * h * e
     tensors = _stage_params(run, coords)
-    params = sum(p.numel() for p in tensors)
-    return {"parameters": e * params, "gradients": e * params * (2 if lay.dp > 1 else 1),
-            "optimizer_state": 2 * e * params + 4 * len(tensors),
+    # One model-state formula (formulas.zero): the flat DP all-reduce buffer is a second
+    # gradient copy, as DDP's default buckets are; AdamW adds a 4-byte step count per tensor.
+    state = model_state_bytes(sum(p.numel() for p in tensors),
+                              precision=run.precision,
+                              ddp_bucket_copy=lay.dp > 1)
+    return {"parameters": state["parameters"], "gradients": state["gradients"],
+            "optimizer_state": state["optimizer_state"] + 4 * len(tensors),
             "activations": sum(terms.values()), "terms": terms, "in_flight": in_flight}
 
 

@@ -4,31 +4,35 @@ Every rank records the collectives of a logged step with ``count_collectives(tim
 bytes handed, the global ranks of the group, start and end. ``group_of`` names the group (TP,
 PP, DP, or the whole world for the executor's aligning barrier) from the rank's mesh groups.
 
-Bytes a rank *sends* per call, by the algorithm (checked on the wire below):
-  all-reduce of N bytes over t ranks: 2(t-1)/t·N (ring; gloo's all-reduce measured the same)
-  all-gather, handing S bytes:        (t-1)·S
-  send of N bytes:                    N          (recv: 0 -- the sender's bytes)
-  barrier:                            ~0         (a few bytes of headers)
-The loopback interface counts every byte any rank sends (one counter per host: it cannot split
-groups), so Σ over ranks of the bytes sent ≈ the ``lo`` tx delta of the step, plus headers.
+Bytes a rank *sends* per call come from :func:`labsupport.formulas.collectives.sent_from_handed`
+(the ring model; gloo's all-reduce and all-gather measured the same): all-reduce of N bytes over
+t ranks 2(t-1)/t·N, all-gather handing S bytes (t-1)·S, send N, recv and barrier 0 (a barrier
+puts a few bytes of headers on the wire). The loopback interface counts every byte any rank
+sends (one counter per host: it cannot split groups), so Σ over ranks of the bytes sent ≈ the
+``lo`` tx delta of the step, plus headers. What the ranks *should* send is the planner's
+model of Megatron-LM's collectives (:func:`predicted_bytes`).
 """
 from __future__ import annotations
 
 from collections import defaultdict
 
-from ..formulas.collectives import ring_all_reduce_bytes, ring_bytes
+from ..formulas.collectives import sent_from_handed
 
 GROUPS = ("tp", "pp", "dp", "world")
 
 
-def group_of(call_group, mine: dict, world_size: int) -> str:
-    """'tp', 'pp', 'dp' or 'world' for a call's group ranks, given this rank's mesh groups."""
+def group_of(call_group, mine: dict, world_size: int, op: str | None = None) -> str:
+    """'tp', 'pp', 'dp' or 'world' for a call's group ranks, given this rank's mesh groups.
+
+    A send or recv (``op``) between ranks of this rank's pipeline is 'pp' even when the
+    pipeline is the whole world (pp = world size)."""
     ranks = tuple(call_group or ())
-    if ranks == tuple(mine["tp"]) and len(ranks) > 1:
+    p2p = op in ("send", "recv") and len(mine["pp"]) > 1 and set(ranks) <= set(mine["pp"])
+    if ranks == tuple(mine["tp"]) and len(ranks) > 1 and not p2p:
         return "tp"
-    if ranks == tuple(mine["dp"]) and len(ranks) > 1:
+    if ranks == tuple(mine["dp"]) and len(ranks) > 1 and not p2p:
         return "dp"
-    if len(ranks) == world_size:
+    if len(ranks) == world_size and not p2p:
         return "world"
     if set(ranks) <= set(mine["pp"]):  # the pipeline's one-way links are pairs of its ranks
         return "pp"
@@ -37,12 +41,7 @@ def group_of(call_group, mine: dict, world_size: int) -> str:
 
 def sent_bytes(call) -> float:
     """Bytes this rank sends for one logged call (see the module docstring)."""
-    t = len(call.group or ()) or 1
-    if call.op in ("all_reduce", "send"):
-        return ring_bytes(call.op, call.bytes, t)
-    if call.op == "all_gather":  # handed: this rank's shard of the t-times-larger result
-        return ring_bytes("all_gather", t * call.bytes, t)
-    return 0.0
+    return sent_from_handed(call.op, call.bytes, len(call.group or ()) or 1)
 
 
 def bytes_per_group(results: list, step: int) -> dict:
@@ -56,7 +55,7 @@ def bytes_per_group(results: list, step: int) -> dict:
     world = len(results)
     for r in results:
         for call in r["logs"][step]["calls"]:
-            g = out[group_of(call.group, r["groups"], world)]
+            g = out[group_of(call.group, r["groups"], world, call.op)]
             g["calls"] += 1
             g["handed"] += call.bytes if call.op != "recv" else 0
             g["sent"] += sent_bytes(call)
@@ -70,31 +69,39 @@ def bytes_per_group(results: list, step: int) -> dict:
 def predicted_bytes(run, param_bytes: list | None = None) -> dict:
     """Bytes sent per step by each group kind, over all ranks, from the sizes alone.
 
-    Per micro-batch of b sequences, activation A = b·s·h·e bytes (e = bytes per element):
-      TP (t > 1), each rank of stage with L_s blocks: forward 2·L_s all-reduces of A
-      (+1 embedding on the first stage) and 3 of b·s·e (loss, last stage); backward 2·L_s of A
-      (+1 output layer on the last stage). Each all-reduce sends 2(t-1)/t of it per rank.
-      PP: per pipeline and stage boundary, m activations forward and m gradients back, A each.
-      DP (d > 1): one all-reduce of the rank's parameters (``param_bytes`` per rank).
+    Each rank issues what :func:`labsupport.planner.traffic.stage_collectives` says a rank of
+    its stage issues in Megatron-LM (the planner's model; the course's GPT is built the same
+    way): per micro-batch of b sequences, with A = b·s·h·e bytes (e = bytes per element),
+      TP (t > 1): 2 all-reduces of A per block forward and 2 backward, the vocab-parallel
+      embedding's forward all-reduce (first stage), the output layer's backward all-reduce and
+      the cross-entropy's 3 all-reduces of b·s·e (last stage); each sends 2(t-1)/t of it;
+      PP: per stage boundary, each micro-batch's activation forward and gradient back, A each;
+      DP (d > 1): one all-reduce of the rank's gradients (``param_bytes``: each rank's
+      parameter bytes, in rank order; without them DP is 0).
+    Runs without activation checkpointing: torch's checkpoint stops recomputing early and skips
+    a block's last forward all-reduce, so a checkpointed run sends less than Megatron's.
     """
+    from ..planner.layout import Layout as PlanLayout
+    from ..planner.model import from_gpt_config
+    from ..planner.traffic import stage_collectives
     from .parallel import stage_layer_ranges
 
     lay, cfg = run.layout, run.model
+    spec = from_gpt_config(cfg)
+    plan = PlanLayout(tp=lay.tp, pp=lay.pp, dp=lay.dp, micro_batch=run.micro_batch_size,
+                      microbatches=run.microbatches,
+                      precision=run.precision)
+    ranges = stage_layer_ranges(cfg.n_layer, lay.pp)
     e = run.torch_dtype.itemsize
-    b, m, t = run.micro_batch_size, run.microbatches, lay.tp
-    A = b * cfg.block_size * cfg.n_embd * e
-    tp = 0.0
-    if t > 1:
-        for s, layers in enumerate(stage_layer_ranges(cfg.n_layer, lay.pp)):
-            blocks = sum(1 for i in layers if 1 <= i <= cfg.n_layer)
-            first, last = s == 0, s == lay.pp - 1
-            per_mb = (4 * blocks + first + last) * A + (3 * b * cfg.block_size * e if last else 0)
-            tp += lay.dp * t * m * ring_all_reduce_bytes(per_mb, t)
-    pp = lay.dp * t * (lay.pp - 1) * 2 * m * A
-    dp = 0.0
-    if lay.dp > 1 and param_bytes is not None:
-        dp = sum(ring_all_reduce_bytes(p, lay.dp) for p in param_bytes)
-    return {"tp": tp, "pp": pp, "dp": dp}
+    out = {"tp": 0.0, "pp": 0.0, "dp": 0.0}
+    for rank in range(lay.world_size):
+        _, s, _ = lay.coords(rank)
+        blocks = sum(1 for i in ranges[s] if 1 <= i <= cfg.n_layer)
+        params = param_bytes[rank] / e if param_bytes is not None else 0
+        for c in stage_collectives(spec, plan, s == 0, s == lay.pp - 1, blocks, params):
+            if c.group != "dp" or param_bytes is not None:
+                out[c.group] += c.ring
+    return out
 
 
 def timeline_events(results: list, step: int) -> dict:
@@ -112,7 +119,7 @@ def timeline_events(results: list, step: int) -> dict:
                            (rec["start"] - t0) / 1e6, (rec["end"] - t0) / 1e6))
         for call in log["calls"]:
             if call.end is not None:
-                comms.append((r["rank"], group_of(call.group, r["groups"], world), call.op,
+                comms.append((r["rank"], group_of(call.group, r["groups"], world, call.op), call.op,
                               (call.start - t0) / 1e6, (call.end - t0) / 1e6))
     return {"passes": passes, "comms": comms}
 

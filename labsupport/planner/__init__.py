@@ -13,11 +13,12 @@ at toy scale to check the predictions against measurement.
 from .estimate import Estimate, StageEstimate, check, estimate
 from .hardware import GPUS, cluster
 from .layout import Cluster, Layout
-from .model import PRESETS, ModelSpec, preset
+from .model import PRESETS, ModelSpec, from_gpt_config, preset
 from .search import Candidate, search
-from .states import model_state_bytes
+from .states import model_state_bytes, rank_model_state
 from .traffic import Collective
 
 __all__ = ["ModelSpec", "Layout", "Cluster", "estimate", "check", "Estimate", "StageEstimate",
            "Collective", "model_state_bytes", "search", "Candidate", "preset", "PRESETS",
+           "from_gpt_config", "rank_model_state",
            "cluster", "GPUS"]

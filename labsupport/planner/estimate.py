@@ -12,22 +12,22 @@ replicated), two all-reduces per layer forward and two backward (sequence parall
 + reduce-scatter pairs, plus the backward re-gather of the stored sharded inputs); the embedding
 and output layer are vocab-parallel unless ``vocab_parallel=False``; pipeline stages hold L/pp
 layers, the first also the embedding, the last the final norm and output layer; each TP rank
-sends its own copy of a stage's output (no scatter/gather optimisation). Not modelled: ZeRO-3's
-gathered-parameter buffers, allocator fragmentation, library workspaces, overlap of
-communication with compute (time adds them up).
+sends its own copy of a stage's output (no scatter/gather optimisation); ZeRO-3 gathers one
+layer at a time and prefetches the next. Data parallelism and ZeRO follow the paper (or one of
+Lab 06's torch variants, ``Layout.dp_variant``). Not modelled: allocator fragmentation, library
+workspaces, overlap of communication with compute (time adds them up).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from ..formulas.activations import (embedding_activation_terms, layer_activation_terms,
                                     output_activation_terms)
 from ..formulas.flops import attention_core_forward_flops, layer_forward_flops, step_flops
 from ..formulas.pipeline import bubble_formula, in_flight_microbatches
-from .layout import ACTIVATION_BYTES, Cluster, Layout
+from .layout import ACTIVATION_BYTES, BYTES_PER_PARAM, Cluster, Layout
 from .model import ModelSpec
-from .states import model_state_bytes
+from .states import padded_vocab, rank_model_state, stage_params, stage_units
 from .traffic import stage_collectives
 
 GROUPS = ("tp", "pp", "dp")
@@ -152,7 +152,8 @@ def check(model: ModelSpec, layout: Layout, cluster: Cluster | None = None) -> N
     for what, size in (("heads", model.heads), ("key/value heads", model.kv),
                        ("MLP hidden size", model.ffn)):
         if size % t:
-            ok = [d for d in range(1, size + 1) if size % d == 0][:8]
+            ok = [d for d in range(1, model.kv + 1)
+                  if not (model.heads % d or model.kv % d or model.ffn % d)][:8]
             raise ValueError(f"tp={t} does not divide the {size} {what} of {model.name}: "
                              f"choose tp in {ok}")
     if model.layers % layout.pp:
@@ -172,43 +173,17 @@ def check(model: ModelSpec, layout: Layout, cluster: Cluster | None = None) -> N
 def _stage(model: ModelSpec, layout: Layout, k: int) -> StageEstimate:
     pp, dp, m = layout.pp, layout.dp, layout.microbatches
     first, last, L = k == 0, k == pp - 1, model.layers // pp
-    params = _stage_params(model, layout, first, last, L)
-    states = model_state_bytes(params, dp=dp, zero=layout.zero, precision=layout.precision)
+    params = stage_params(model, layout, k)
+    states = rank_model_state(model, layout, k)
     terms = _activation_terms(model, layout, first, last, L)
     in_flight = in_flight_microbatches(pp, m, k, layout.schedule)
     return StageEstimate(
         stage=k, layers=L, params=params, parameters=states["parameters"],
-        gradients=states["gradients"], optimizer=states["optimizer"],
-        activations=in_flight * sum(terms.values()), transient=_transient(model, layout, last),
+        gradients=states["gradients"], optimizer=states["optimizer_state"],
+        activations=in_flight * sum(terms.values()), transient=_transient(model, layout, first, last),
         in_flight=in_flight, activation_terms=terms,
         collectives=stage_collectives(model, layout, first, last, L, params),
         flops=_stage_flops(model, layout, last, L))
-
-
-def _stage_params(model, layout, first, last, L) -> float:
-    """Parameters on one TP rank of a stage (before ZeRO): split matrices / t, replicated rest."""
-    t, h, f, lp = layout.tp, model.hidden, model.ffn, model.layer_params()
-    mats = 3 if model.gated_mlp else 2
-    per_layer = (lp["qkv"] / t + h * h / t + (h if model.bias else 0)
-                 + mats * h * f / t + ((mats - 1) * f / t + h if model.bias else 0) + lp["norms"])
-    n = L * per_layer
-    vocab = _vocab(model, layout)
-    token = vocab * h / (t if layout.vocab_parallel else 1)
-    if first:
-        n += token + (model.seq_len * h if model.positions == "learned" else 0)
-    if last:
-        n += model.norm_params()
-        if not model.tied_embeddings:
-            n += token
-        elif layout.pp > 1:
-            n += token  # Megatron keeps a copy of the tied embedding on the last stage
-    return n
-
-
-def _vocab(model, layout) -> int:
-    """Vocabulary padded to a multiple of tp when it is split (as Megatron pads it)."""
-    t = layout.tp if layout.vocab_parallel else 1
-    return math.ceil(model.vocab / t) * t
 
 
 def _activation_terms(model, layout, first, last, L) -> dict[str, float]:
@@ -225,15 +200,16 @@ def _activation_terms(model, layout, first, last, L) -> dict[str, float]:
         terms.update(embedding_activation_terms(s, b, h, t=t, sequence_parallel=sp, dropout=dropout))
     if last:
         terms.update(output_activation_terms(
-            s, b, h, _vocab(model, layout), t=t, sequence_parallel=sp,
+            s, b, h, padded_vocab(model, layout), t=t, sequence_parallel=sp,
             vocab_parallel=layout.vocab_parallel, bytes_per_element=e, norm=model.norm,
             norm_stats=True))
     return terms
 
 
-def _transient(model, layout, last) -> float:
+def _transient(model, layout, first, last) -> float:
     """Buffers alive only during backward: the layer being recomputed (full: all its
-    activations; selective: its attention core) and, on the last stage, the logits' gradient."""
+    activations; selective: its attention core), on the last stage the logits' gradient, and
+    under ZeRO-3 the gathered units (:func:`_gathered`)."""
     t, b, s, h = layout.tp, layout.micro_batch, model.seq_len, model.hidden
     kwargs = dict(t=t, sequence_parallel=layout.sequence_parallel,
                   bytes_per_element=ACTIVATION_BYTES[layout.precision], dropout=model.dropout > 0,
@@ -248,8 +224,18 @@ def _transient(model, layout, last) -> float:
         out += keep - sum(layer_activation_terms(s, b, h, model.heads, recompute="selective",
                                                  **kwargs).values())
     if last:
-        out += 4 * s * b * _vocab(model, layout) / (t if layout.vocab_parallel else 1)
-    return out
+        out += 4 * s * b * padded_vocab(model, layout) / (t if layout.vocab_parallel else 1)
+    return out + _gathered(model, layout, first, last)
+
+
+def _gathered(model, layout, first, last) -> float:
+    """ZeRO-3: full parameters of two units (the one computing, the next one prefetched, as
+    FSDP and DeepSpeed do in backward) and one unit's full gradient before its reduce-scatter;
+    a unit is a layer, the embedding or the output layer, the largest counted."""
+    if layout.zero < 3 or layout.dp == 1:
+        return 0.0
+    p_bytes, g_bytes, _ = BYTES_PER_PARAM[layout.precision]
+    return (2 * p_bytes + g_bytes) * max(stage_units(model, layout, first, last).values())
 
 
 def _stage_flops(model, layout, last, L) -> float:
@@ -259,7 +245,7 @@ def _stage_flops(model, layout, last, L) -> float:
     fwd = L * layer_forward_flops(tokens, s, h, model.heads, model.ffn, model.kv, model.gated_mlp) / t
     extra = {"none": 0.0, "full": fwd,
              "selective": L * attention_core_forward_flops(tokens, s, h) / t}[layout.recompute]
-    head = 2 * tokens * h * _vocab(model, layout) / (t if layout.vocab_parallel else 1) if last else 0
+    head = 2 * tokens * h * padded_vocab(model, layout) / (t if layout.vocab_parallel else 1) if last else 0
     return m * (3 * (fwd + head) + extra)
 
 

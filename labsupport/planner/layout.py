@@ -3,16 +3,23 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-RECOMPUTE = ("none", "selective", "full")
-PRECISIONS = ("bf16-mixed", "fp32")
-SCHEDULES = ("1f1b", "gpipe")
+from ..formulas.zero import PRECISIONS as _RECIPES
+from ..formulas.zero import VARIANT_STAGE
 
-# Bytes per parameter of (parameters, gradients, optimizer state) with Adam. bf16-mixed: the
-# ZeRO paper's mixed-precision form (Rajbhandari et al. 2020 §3.1): 16-bit parameters and
-# gradients, fp32 master copy + momentum + variance = K = 12. fp32: 4 + 4 + 8 (K = 8).
-BYTES_PER_PARAM = {"bf16-mixed": (2, 2, 12), "fp32": (4, 4, 8)}
-# Bytes per activation element (what the layers save): 16-bit or 32-bit.
-ACTIVATION_BYTES = {"bf16-mixed": 2, "fp32": 4}
+RECOMPUTE = ("none", "selective", "full")
+PRECISIONS = ("bf16-mixed", "fp32", "fp64")
+SCHEDULES = ("1f1b", "gpipe")
+#: The data-parallel implementations a layout may name (``Layout.dp_variant``): Lab 06's
+#: variants built from torch (``labsupport.formulas.zero.VARIANT_STAGE``), bf16 FSDP2 aside.
+DP_VARIANTS = tuple(v for v in VARIANT_STAGE if v != "zero3_bf16")
+
+# Bytes per parameter of (parameters, gradients, optimizer state) with Adam, from
+# labsupport.formulas.zero: bf16-mixed is the ZeRO paper's mixed-precision form (Rajbhandari et
+# al. 2020 §3.1: 16-bit parameters and gradients, fp32 master copy + momentum + variance, K =
+# 12); fp32 4 + 4 + 8; fp64 (the course's parity runs) 8 + 8 + 16.
+BYTES_PER_PARAM = {p: _RECIPES[p] for p in PRECISIONS}
+# Bytes per activation element (what the layers save): 16-, 32- or 64-bit.
+ACTIVATION_BYTES = {"bf16-mixed": 2, "fp32": 4, "fp64": 8}
 
 
 @dataclass(frozen=True)
@@ -30,12 +37,19 @@ class Layout:
         sequence_parallel: Megatron's sequence parallelism over the TP group (needs tp > 1).
         micro_batch: sequences per micro-batch (b); microbatches: m per step and DP rank.
             Global batch = micro_batch · microbatches · dp.
-        precision: "bf16-mixed" (2-byte activations, 2 + 2 + 12 bytes per parameter) or "fp32".
+        precision: "bf16-mixed" (2-byte activations, 2 + 2 + 12 bytes per parameter), "fp32"
+            or "fp64" (the course's float64 runs).
         schedule: "1f1b" (first stage holds min(pp, m) micro-batches) or "gpipe" (all m).
         flash_attention: the attention core keeps no s x s scores (FlashAttention, PyTorch's
             fused SDPA); False: explicit softmax(QK^T)V as Korthikanti et al. account for it.
         vocab_parallel: the embedding and output layer are split over the TP group (Megatron);
-            False: replicated on every TP rank (as the course's toy GPT does).
+            False: replicated on every TP rank (as the planner's toy GPT does).
+        dp_variant: None -- data parallelism and ZeRO as the ZeRO paper, DeepSpeed and
+            Megatron-LM do them (one gradient copy; ZeRO-1 reduce-scatters and all-gathers);
+            or one of Lab 06's torch variants (``DP_VARIANTS``): "dp" (DDP's default buckets,
+            a second gradient copy), "dp_bucket_view", "zero1" (DDP + ZeroRedundancyOptimizer:
+            all-reduce, then a broadcast of the parameters), "zero2", "zero3" (FSDP2). Its
+            ZeRO stage must be ``zero``.
     """
 
     tp: int = 1
@@ -50,6 +64,7 @@ class Layout:
     schedule: str = "1f1b"
     flash_attention: bool = True
     vocab_parallel: bool = True
+    dp_variant: str | None = None
 
     def __post_init__(self):
         for field in ("tp", "pp", "dp", "micro_batch", "microbatches"):
@@ -66,6 +81,14 @@ class Layout:
         if self.sequence_parallel and self.tp == 1:
             raise ValueError("sequence parallelism shards activations over the TP group: it "
                              "needs tp >= 2; set sequence_parallel=False or raise tp")
+        if self.dp_variant is not None:
+            if self.dp_variant not in DP_VARIANTS:
+                raise ValueError(f"unknown dp_variant {self.dp_variant!r}: use None (the ZeRO "
+                                 f"paper's form) or one of {', '.join(map(repr, DP_VARIANTS))}")
+            if VARIANT_STAGE[self.dp_variant] != self.zero:
+                raise ValueError(f"dp_variant {self.dp_variant!r} is ZeRO stage "
+                                 f"{VARIANT_STAGE[self.dp_variant]}: set zero="
+                                 f"{VARIANT_STAGE[self.dp_variant]}")
         if self.zero >= 2 and self.pp > 1:
             raise ValueError(f"ZeRO-{self.zero} with pipeline parallelism (pp={self.pp}) is not "
                              "supported (DeepSpeed refuses it: gradients must stay whole across "
@@ -87,11 +110,13 @@ class Layout:
         parts = [f"tp{self.tp}", f"pp{self.pp}", f"dp{self.dp}"]
         if self.zero:
             parts.append(f"z{self.zero}")
+        if self.dp_variant:
+            parts.append(f"({self.dp_variant})")
         if self.sequence_parallel:
             parts.append("sp")
         parts.append({"none": "keep", "selective": "sel", "full": "full"}[self.recompute])
         parts.append(f"mb{self.micro_batch}x{self.microbatches}")
-        parts.append("fp32" if self.precision == "fp32" else "bf16")
+        parts.append({"bf16-mixed": "bf16"}.get(self.precision, self.precision))
         return " ".join(parts)
 
     def as_dict(self) -> dict:

@@ -139,11 +139,28 @@ PRESETS: dict[str, ModelSpec] = {
     "llama2-70b": ModelSpec(layers=80, hidden=8192, heads=64, vocab=32000, seq_len=4096,
                             ffn_hidden=28672, kv_heads=8, gated_mlp=True, bias=False,
                             norm="rmsnorm", positions="rope", name="Llama 2 70B"),
+    # The course's tiny GPT (Lab 07, labsupport.gpt.GPT(gpt_config(tokenizer))): 4 pre-LN
+    # blocks, h = 64, 4 heads, MLP 4h, biases, LayerNorm, learned positions, untied output
+    # layer, context 32, the character vocabulary padded to 112 (a multiple of 8·tp for tp=2).
+    "course-gpt": ModelSpec(layers=4, hidden=64, heads=4, vocab=112, seq_len=32,
+                            name="course tiny GPT"),
+    # The planner's toy check (labsupport.planner.toy): big enough that every TP and PP message
+    # is 1 MiB at micro-batch 2 in fp32 (2·256·512·4 bytes), small enough for a 2-core CPU.
+    "toy-gpt": ModelSpec(layers=2, hidden=512, heads=8, vocab=256, seq_len=256, name="toy GPT"),
 }
 
 
+def from_gpt_config(cfg, name: str = "course GPT") -> ModelSpec:
+    """The ``ModelSpec`` of a ``labsupport.gpt.GPTConfig`` (any sizes): the course's GPT is
+    GPT-2-shaped (biases, LayerNorm, learned positions, MLP 4h, untied output layer). Reads the
+    config's fields only, so the planner still needs no torch."""
+    return ModelSpec(layers=cfg.n_layer, hidden=cfg.n_embd, heads=cfg.n_head,
+                     vocab=cfg.vocab_size, seq_len=cfg.block_size, name=name)
+
+
 def preset(name: str) -> ModelSpec:
-    """A preset by name (case-insensitive): "gpt3-175b", "llama2-7b", "llama2-13b", "llama2-70b"."""
+    """A preset by name (case-insensitive): "gpt3-175b", "llama2-7b", "llama2-13b",
+    "llama2-70b", "course-gpt", "toy-gpt"."""
     key = name.lower().replace("_", "-")
     if key not in PRESETS:
         raise ValueError(f"unknown model {name!r}: use one of {', '.join(PRESETS)}")

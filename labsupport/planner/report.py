@@ -6,7 +6,9 @@ GIB, GB = 2**30, 1e9
 
 def describe(model, cluster, global_batch) -> str:
     """One paragraph: the model, the cluster and the assumptions of the estimate."""
-    return (f"{model.name}: {model.num_params() / 1e9:.2f}B parameters, {model.layers} layers, "
+    n = model.num_params()
+    count = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,}"
+    return (f"{model.name}: {count} parameters, {model.layers} layers, "
             f"h={model.hidden}, {model.heads} heads ({model.kv} KV), seq {model.seq_len}; "
             f"global batch {global_batch} sequences.\n"
             f"{cluster.gpus} x {cluster.name} ({cluster.gpus_per_node} per node, "

@@ -26,7 +26,7 @@ def search(model: ModelSpec, cluster: Cluster, global_batch: int, *,
            micro_batches=(1, 2, 4, 8), recompute=RECOMPUTE, zero=(0, 1, 2, 3),
            sequence_parallel=(False, True), precision: str = "bf16-mixed",
            flash_attention: bool = True, vocab_parallel: bool = True,
-           include_unfit: bool = False) -> list[Candidate]:
+           include_unfit: bool = False, tensor_parallel=None) -> list[Candidate]:
     """Layouts of ``model`` on ``cluster`` for ``global_batch`` sequences per step, ranked by
     estimated step time (then peak memory).
 
@@ -35,15 +35,24 @@ def search(model: ModelSpec, cluster: Cluster, global_batch: int, *,
     global batch; each micro-batch size in ``micro_batches`` that divides the per-replica batch
     (m = the rest); each recomputation, sequence parallelism (tp > 1), ZeRO stage (> 0 only with
     dp > 1; 2 and 3 only with pp = 1). Only layouts whose peak fits the GPU memory are returned,
-    unless ``include_unfit``.
+    unless ``include_unfit``. ``tensor_parallel``: the TP degrees to try instead (any that
+    divide the model's heads, KV heads and MLP size and the GPU count -- across nodes too), e.g.
+    to see what crossing the node boundary costs.
     """
     if not isinstance(model, ModelSpec) or not isinstance(cluster, Cluster):
         raise ValueError("search(model, cluster, global_batch) takes a ModelSpec and a Cluster")
     if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1:
         raise ValueError(f"global_batch must be a whole number of sequences >= 1, got {global_batch!r}")
     per_node = min(cluster.gpus_per_node, cluster.gpus)
-    tps = [t for t in range(1, per_node + 1) if per_node % t == 0
-           and not (model.heads % t or model.kv % t or model.ffn % t)]
+    if tensor_parallel is None:
+        tps = [t for t in range(1, per_node + 1) if per_node % t == 0
+               and not (model.heads % t or model.kv % t or model.ffn % t)]
+    else:
+        bad = [t for t in tensor_parallel if isinstance(t, bool) or not isinstance(t, int) or t < 1]
+        if bad:
+            raise ValueError(f"tensor_parallel degrees must be whole numbers >= 1, got {bad}")
+        tps = [t for t in tensor_parallel if cluster.gpus % t == 0
+               and not (model.heads % t or model.kv % t or model.ffn % t)]
     out, shapes = [], 0
     for t in tps:
         for p in (p for p in range(1, model.layers + 1) if model.layers % p == 0):

@@ -3,7 +3,13 @@
 Token + learned position embeddings, pre-LayerNorm blocks whose QKV/proj are
 ``ParallelAttention``'s column- and row-parallel layers and whose MLP is ``ParallelMLP`` (TP over
 the given group), a final LayerNorm and an untied output layer, both replicated on every TP
-rank. One ``ToyStage`` is one pipeline stage on one TP rank.
+rank (the planner's ``vocab_parallel=False``). With sequence parallelism (the course's
+sequence-parallel layers, Korthikanti et al. 2022) the blocks work on this rank's s/t tokens: the
+embedding's output is scattered into the sequence shards, the final LayerNorm's output gathered
+back for the replicated output layer, and the LayerNorms and row-parallel biases, which see only
+their tokens, are marked for ``sync_sequence_parallel_grads``. One ``ToyStage`` is one pipeline
+stage on one TP rank; ``labsupport.planner.toy`` wraps it for data parallelism (DDP, ZeRO-1,
+FSDP2).
 """
 from __future__ import annotations
 
@@ -14,7 +20,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
+from .. import tensor_parallel
 from ..tensor_parallel import ParallelAttention, ParallelMLP
+
+
+def has_sequence_parallel() -> bool:
+    """Does this version of the course have the sequence-parallel layers?"""
+    return hasattr(tensor_parallel, "sync_sequence_parallel_grads")
+
+
+def _mark_sequence_parallel(*modules):
+    """Mark parameters whose gradient is a partial sum over this rank's tokens (the layers'
+    convention: ``param.sequence_parallel = True``, read by ``sync_sequence_parallel_grads``)."""
+    for m in modules:
+        for p in m.parameters():
+            p.sequence_parallel = True
 
 
 class ToyBlock(nn.Module):
@@ -27,13 +47,16 @@ class ToyBlock(nn.Module):
     Shapes: x ``[b, s, h]`` -> ``[b, s, h]``.
     """
 
-    def __init__(self, model, tp_rank, tp, group, explicit, selective):
+    def __init__(self, model, tp_rank, tp, group, explicit, selective, sequence_parallel=False):
         super().__init__()
         h = model.hidden
         self.ln1, self.ln2 = nn.LayerNorm(h), nn.LayerNorm(h)
+        sp = {"sequence_parallel": True} if sequence_parallel else {}  # x: (b, s/t, h)
         self.attn = ParallelAttention(h, model.heads, causal=True, rank=tp_rank, world_size=tp,
-                                      group=group)
-        self.mlp = ParallelMLP(h, model.ffn, rank=tp_rank, world_size=tp, group=group)
+                                      group=group, **sp)
+        self.mlp = ParallelMLP(h, model.ffn, rank=tp_rank, world_size=tp, group=group, **sp)
+        if sequence_parallel:  # they see only this rank's tokens: sync_sequence_parallel_grads
+            _mark_sequence_parallel(self.ln1, self.ln2)
         self.explicit, self.selective = explicit, selective
         mask = torch.ones(model.seq_len, model.seq_len, dtype=torch.bool).triu(1)
         self.register_buffer("mask", mask, persistent=False)
@@ -71,26 +94,37 @@ class ToyStage(nn.Module):
         super().__init__()
         self.first, self.last = stage == 0, stage == layout.pp - 1
         self.full = layout.recompute == "full"
+        self.sp, self.group = layout.sequence_parallel, group
         h = model.hidden
         if self.first:
             self.tok, self.pos = nn.Embedding(model.vocab, h), nn.Embedding(model.seq_len, h)
             self.register_buffer("positions", torch.arange(model.seq_len), persistent=False)
         self.blocks = nn.ModuleList(
             ToyBlock(model, tp_rank, layout.tp, group, not layout.flash_attention,
-                     layout.recompute == "selective") for _ in range(model.layers // layout.pp))
+                     layout.recompute == "selective", self.sp)
+            for _ in range(model.layers // layout.pp))
         if self.last:
             self.ln_f, self.head = nn.LayerNorm(h), nn.Linear(h, model.vocab, bias=False)
+            if self.sp:
+                _mark_sequence_parallel(self.ln_f)
 
     def forward(self, x):
         if self.first:
             x = self.tok(x.long()) + self.pos(self.positions[: x.shape[1]])
+            if self.sp:  # (b, s, h) -> this rank's (b, s/t, h); backward all-gathers
+                x = tensor_parallel.scatter_to_sequence_region(x, self.group)
         for blk in self.blocks:
             if self.full:  # no early stop: recompute the whole block, as Megatron does
                 with set_checkpoint_early_stop(False):
                     x = checkpoint(blk, x, use_reentrant=False)
             else:
                 x = blk(x)
-        return self.head(self.ln_f(x)) if self.last else x
+        if not self.last:
+            return x
+        x = self.ln_f(x)
+        if self.sp:  # the replicated output layer needs all tokens: all-gather them
+            x = tensor_parallel.gather_from_sequence_region(x, self.group)
+        return self.head(x)
 
 
 class WholeStep(nn.Module):

@@ -8,15 +8,18 @@ sequence-sharded norms' and row biases' gradients. Vocab-parallel embedding and 
 one collective each way, and three small all-reduces in the cross-entropy.
 PP: each rank sends its own copy of a stage's output forward and of its input gradient backward
 (no scatter/gather optimisation), 1/t of it with sequence parallelism.
-DP: gradient all-reduce; ZeRO-1 a reduce-scatter of gradients and an all-gather of parameters
-(the ZeRO paper's 2Ψ); ZeRO-2 reduce-scatters each micro-batch's gradients; ZeRO-3 also
-gathers the parameters for each micro-batch's forward and backward (3Ψ at one micro-batch).
+DP: :func:`labsupport.formulas.zero.dp_step_collectives` -- gradient all-reduce; ZeRO-1 a
+reduce-scatter of gradients and an all-gather of parameters (the ZeRO paper's 2Ψ); ZeRO-2
+reduce-scatters each micro-batch's gradients; ZeRO-3 also gathers the parameters for each
+micro-batch's forward and backward (3Ψ at one micro-batch); or a torch variant of Lab 06
+(``Layout.dp_variant``: torch's ZeRO-1 all-reduces and broadcasts).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..formulas.collectives import gloo_host_bytes, handed_bytes, ring_bytes
+from ..formulas.collectives import gloo_host_bytes, handed_bytes, ring_bytes, sent_bytes
+from ..formulas.zero import dp_step_collectives
 from .layout import ACTIVATION_BYTES, BYTES_PER_PARAM
 
 
@@ -40,6 +43,10 @@ class Collective:
     def ring(self) -> float:
         """Bytes this rank sends in the ring model, all calls."""
         return self.calls * ring_bytes(self.op, self.nbytes, self.group_size)
+
+    def sent(self, implementation: str = "ring") -> float:
+        """Bytes this rank sends, all calls, by ``implementation`` ("ring" or "gloo")."""
+        return self.calls * sent_bytes(self.op, self.nbytes, self.group_size, implementation)
 
     def host(self, implementation: str = "gloo") -> float:
         """Bytes the whole group puts on the wire, all calls (gloo, measured: see formulas)."""
@@ -77,15 +84,25 @@ def stage_collectives(model, layout, first, last, L, params) -> list[Collective]
                 out.append(Collective("tp", "all_reduce", act, m, t,
                                       "vocab-parallel embedding output"))
             if last and sp:
-                out += [Collective("tp", "all_gather", act, m, t,
-                                   "output layer input from the sequence shards"),
+                out += [Collective("tp", "all_gather", act, 2 * m, t,
+                                   "output layer input from the sequence shards (forward, and "
+                                   "again in backward: the shard is what is stored)"),
                         Collective("tp", "reduce_scatter", act, m, t, "its gradient (backward)")]
             elif last:
                 out.append(Collective("tp", "all_reduce", act, m, t,
                                       "output layer input gradient (f, backward)"))
             if last:
-                out.append(Collective("tp", "all_reduce", 4 * b * s, 3 * m, t,
+                ce = max(4, ACTIVATION_BYTES[layout.precision]) * b * s  # fp32 (fp64) statistics
+                out.append(Collective("tp", "all_reduce", ce, 3 * m, t,
                                       "vocab-parallel cross-entropy: max, target logit, sum of exp"))
+        elif layout.sequence_parallel:  # replicated embedding and output layer
+            if first:
+                out.append(Collective("tp", "all_gather", act, m, t,
+                                      "gradient of the embedding output kept as sequence shards "
+                                      "(backward of the scatter)"))
+            if last:
+                out.append(Collective("tp", "all_gather", act, m, t,
+                                      "sequence shards gathered for the replicated output layer"))
         if layout.sequence_parallel:
             rep = L * (model.norm_params() * 2 + (2 * h if model.bias else 0)) \
                 + (model.norm_params() if last else 0)
@@ -100,16 +117,8 @@ def stage_collectives(model, layout, first, last, L, params) -> list[Collective]
             out.append(Collective("pp", "send", shard, m, 2, "gradients to the previous stage"))
     if dp > 1:
         p_bytes, g_bytes, _ = BYTES_PER_PARAM[layout.precision]
-        grads, weights = params * g_bytes, params * p_bytes
-        z = layout.zero
-        if z == 0:
-            out.append(Collective("dp", "all_reduce", grads, 1, dp, "gradient all-reduce"))
-        else:
-            rs_calls = 1 if z == 1 else m  # ZeRO-2/3 reduce-scatter every micro-batch's gradients
-            out.append(Collective("dp", "reduce_scatter", grads, rs_calls, dp,
-                                  "gradient reduce-scatter to the shard owners"))
-            ag_calls = 2 * m if z == 3 else 1  # ZeRO-3 gathers parameters for forward and backward
-            out.append(Collective("dp", "all_gather", weights, ag_calls, dp,
-                                  "parameter all-gather" + (" (forward and backward)" if z == 3
-                                                            else " after the optimizer step")))
+        for op, nbytes, calls, what in dp_step_collectives(
+                params, dp, layout.zero, variant=layout.dp_variant, microbatches=m,
+                param_bytes=p_bytes, grad_bytes=g_bytes):
+            out.append(Collective("dp", op, nbytes, calls, dp, f"{op.replace('_', '-')} of {what}"))
     return out
