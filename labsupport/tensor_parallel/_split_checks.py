@@ -1,4 +1,4 @@
-"""Check cells of Lab 01: the student's column- and row-parallel matmul, run inside real ranks.
+"""Lab 01's exercise 1 checks: the student's column- and row-parallel matmul, inside real ranks.
 
 The student writes ``fn(X, A, rank, world_size) -> Y`` (full X (b, k) and A (k, n) on every rank,
 full Y = X·A (b, n) returned on every rank). The check launches ``world_size`` ranks once per world
@@ -6,7 +6,8 @@ size, runs every case in that one launch (launches are the slow part), and compa
 result with X·A in the parent, where it can name the mistake:
 
 - missing collective: the result equals this rank's local piece (``partials``);
-- wrong join: the pieces are concatenated along dim 0 instead of the last dim, or out of order;
+- wrong join: the pieces are concatenated along dim 0 instead of the last dim, or out of order,
+  or the columns were dealt out round-robin (``A[:, rank::t]``) instead of in blocks;
 - factor t: values every rank already holds are summed over ranks (or averaged instead of summed);
 - no parallelism: the right Y, but computed as the full X·A on every rank (counted matmul flops)
   or without the collective the exercise is about (counted collectives).
@@ -14,8 +15,10 @@ result with X·A in the parent, where it can name the mistake:
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..checks import CheckFailure, call_student, explain_mismatch, launch_check, passed
+from ..checks import (CheckFailure, call_student, explain_mismatch, launch_check,
+                      not_implemented, passed)
 from ..devices import rank_device
 from .counting import count_collectives
 
@@ -24,14 +27,38 @@ from .counting import count_collectives
 RTOL, ATOL = 1e-5, 1e-5
 
 # (b, k, n) per world size: non-square, and each split dim divisible by t.
-COLUMN_CASES = {2: [(5, 6, 8), (3, 7, 10)], 3: [(4, 5, 9)], 4: [(3, 10, 12), (6, 5, 8)]}
-ROW_CASES = {2: [(5, 8, 6), (3, 10, 7)], 3: [(4, 9, 5)], 4: [(3, 12, 10), (6, 8, 5)]}
+COLUMN_CASES = {2: [(5, 6, 8), (3, 7, 10)], 3: [(4, 5, 9), (3, 8, 12)],
+                4: [(3, 10, 12), (6, 5, 8)]}
+ROW_CASES = {2: [(5, 8, 6), (3, 10, 7)], 3: [(4, 9, 5), (5, 6, 7)], 4: [(3, 12, 10), (6, 8, 5)]}
 
 HANG_HINT = ("Every rank must call the same collectives in the same order (no `if rank == 0:` "
              "around them).")
 
-__all__ = ["check_column_parallel", "check_row_parallel", "explain_result",
-           "explain_parallelism"]
+SPLITS = {"column": "column_parallel", "row": "row_parallel"}
+
+
+class _Flops(TorchDispatchMode):
+    """Matmul flops of the ops run inside it: torch's ``FlopCounterMode`` arithmetic (its
+    ``flop_registry``: 2 per multiply-add, for mm, addmm, bmm, einsum's and linear's kernels...)
+    without its cost -- FlopCounterMode imports torch._dynamo, a second of CPU per rank."""
+
+    @classmethod
+    def _should_skip_dynamo(cls):
+        return False
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch.utils.flop_counter import flop_registry
+
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func.overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
 
 
 def _inputs(b, k, n, seed):
@@ -45,21 +72,19 @@ def _run_cases(rank, world_size, student_fn, cases, name="your function"):
     Per case: (Y on the CPU, {collective: calls}, matmul flops) -- the last two say whether the
     rank really split the work, which equal values alone cannot tell.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     device, out = rank_device(), []
     for i, (b, k, n) in enumerate(cases):
         X, A = _inputs(b, k, n, seed=100 + i)
         X, A = X.to(device), A.to(device)
         X0, A0 = X.clone(), A.clone()
-        matmuls = FlopCounterMode(display=False)  # X @ A, matmul, F.linear, einsum: 2 per FMA
+        matmuls = _Flops()  # X @ A, matmul, F.linear, einsum: 2 per FMA
         with count_collectives() as log, matmuls:
             Y = call_student(student_fn, X, A, rank, world_size, name=name)
         if not (torch.equal(X, X0) and torch.equal(A, A0)):
             return ("mutated", "your function changed X or A in place; every rank must keep the "
                                "full inputs unchanged (work on slices or copies)")
         out.append((Y.detach().cpu() if isinstance(Y, torch.Tensor) else Y, log.by_op(),
-                    matmuls.get_total_flops()))
+                    matmuls.total))
     return ("ok", out)
 
 
@@ -76,6 +101,19 @@ def _block_order_problem(actual, expected, world_size, what):
     return None
 
 
+def _interleave_problem(actual, expected, world_size, what):
+    """The right columns, but rank r took columns r, r+t, r+2t... (a strided, not a block, split)."""
+    if actual.shape != expected.shape or expected.shape[-1] % world_size:
+        return None
+    n = expected.shape[-1]
+    dealt = torch.cat([torch.arange(r, n, world_size) for r in range(world_size)])
+    if torch.allclose(actual, expected[..., dealt], rtol=RTOL, atol=ATOL):
+        return (f"{what} holds Y's columns dealt out round-robin: rank r computed columns "
+                f"r, r+t, r+2t, ... (A[:, rank::world_size]) but the all-gather puts its block in "
+                "columns r·n/t .. (r+1)·n/t - 1. Take a contiguous block: A.chunk(world_size, dim=-1)[rank]")
+    return None
+
+
 def _what(case, world_size, rank):
     b, k, n = case
     return f"with {world_size} ranks, X {(b, k)}, A {(k, n)}: rank {rank}"
@@ -88,9 +126,13 @@ def explain_result(got, case, index, world_size, rank, column):
     want, t = X @ A, world_size
     what = f"{_what(case, t, rank)}'s Y"
     partials = (_column_partials if column else _row_partials)(X, A, t)
-    return ((column and isinstance(got, torch.Tensor) and _block_order_problem(got, want, t, what))
-            or explain_mismatch(got, want, what=what, rtol=RTOL, atol=ATOL, world_size=t,
-                                partials=partials))
+    if column and isinstance(got, torch.Tensor) and got.dtype == want.dtype:
+        problem = (_block_order_problem(got, want, t, what)
+                   or _interleave_problem(got, want, t, what))
+        if problem:
+            return problem
+    return explain_mismatch(got, want, what=what, rtol=RTOL, atol=ATOL, world_size=t,
+                            partials=partials)
 
 
 def explain_parallelism(ops, flops, case, world_size, rank, column):
@@ -146,16 +188,68 @@ def _judge(results, cases, world_size, name, column):
     return total
 
 
-def _check(student_fn, name, cases_by_t, world_sizes, timeout_s, column):
-    total = 0
+def _run_splits(rank, world_size, fns, cases):
+    """Runs on every rank: each split's cases with its student function (None: not given).
+
+    A function that is still the exercise stub raises NotImplementedError before any
+    collective, on every rank alike, so the other one can still be judged."""
+    out = {}
+    for split, fn in fns.items():
+        if fn is None:
+            continue
+        try:
+            out[split] = _run_cases(rank, world_size, fn, cases[split], SPLITS[split])
+        except NotImplementedError:
+            out[split] = ("not implemented", None)
+    return out
+
+
+def _which_failed(text, fns):
+    """The split whose student function appears in a rank's traceback (None if neither)."""
+    for split, fn in fns.items():
+        name = getattr(fn, "__name__", None)
+        if name and f"in {name}\n" in text:
+            return split
+    return None
+
+
+def check(fns, world_sizes=(2, 4), timeout_s=20):
+    """Judge ``{"column": fn or None, "row": fn or None}`` in one launch per world size.
+
+    Prints a verdict line per split that passed; raises for the first split that did not
+    (NotImplementedError for a stub, CheckFailure naming the mistake otherwise)."""
+    fns = {split: fn for split, fn in fns.items() if fn is not None}
+    cases = {"column": COLUMN_CASES, "row": ROW_CASES}
+    label = " and ".join(SPLITS[s] for s in fns)
+    totals = dict.fromkeys(fns, 0)
+    failures = {}
     for t in world_sizes:
-        results = launch_check(name, _run_cases, t, student_fn, cases_by_t[t], name,
-                               timeout_s=timeout_s, hang_hint=HANG_HINT)
-        total += _judge(results, cases_by_t[t], t, name, column)
-    op = "all-gather" if column else "all-reduce"
-    passed(name, f"full Y = X·A on every rank for {', '.join(map(str, world_sizes))} ranks, "
-                 f"1/t of the matmul and an {op} per rank "
-                 f"({total} rank results, rtol={RTOL:g}, atol={ATOL:g})")
+        try:
+            results = launch_check(label, _run_splits, t, fns, {s: cases[s][t] for s in fns},
+                                   timeout_s=timeout_s, hang_hint=HANG_HINT)
+        except CheckFailure as exc:
+            split = _which_failed(str(exc), fns)
+            raise CheckFailure(f"{SPLITS[split]}: {exc}" if split else str(exc)) from None
+        for split in fns:
+            if split in failures:
+                continue
+            per_rank = [r[split] for r in results]
+            if any(status == "not implemented" for status, _ in per_rank):
+                failures[split] = not_implemented(SPLITS[split])
+                continue
+            try:
+                totals[split] += _judge(per_rank, cases[split][t], t, SPLITS[split], split == "column")
+            except CheckFailure as exc:
+                failures[split] = exc
+    for split in fns:
+        if split not in failures:
+            op = "all-gather" if split == "column" else "all-reduce"
+            passed(SPLITS[split], f"full Y = X·A on every rank for "
+                   f"{', '.join(map(str, world_sizes))} ranks, 1/t of the matmul and an {op} "
+                   f"per rank ({totals[split]} rank results, rtol={RTOL:g}, atol={ATOL:g})")
+    for split in fns:
+        if split in failures:
+            raise failures[split]
 
 
 def _column_partials(X, A, t):
@@ -164,15 +258,3 @@ def _column_partials(X, A, t):
 
 def _row_partials(X, A, t):
     return [X_i @ A_i for X_i, A_i in zip(X.chunk(t, dim=-1), A.chunk(t, dim=0))]
-
-
-def check_column_parallel(student_fn, world_sizes=(2, 4), name="column_parallel", timeout_s=20):
-    """Check ``student_fn(X, A, rank, world_size)`` computes Y = X·A with A split by columns:
-    the right Y on every rank, from this rank's column block and an all-gather."""
-    _check(student_fn, name, COLUMN_CASES, world_sizes, timeout_s, True)
-
-
-def check_row_parallel(student_fn, world_sizes=(2, 4), name="row_parallel", timeout_s=20):
-    """Check ``student_fn(X, A, rank, world_size)`` computes Y = X·A with X split by columns and
-    A by rows (partial products summed over ranks with an all-reduce)."""
-    _check(student_fn, name, ROW_CASES, world_sizes, timeout_s, False)

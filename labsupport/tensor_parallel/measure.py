@@ -1,8 +1,9 @@
 """Measurement kernels of Lab 01 and benchmarks/tp_mlp.py: bytes on the wire, compute vs comm time.
 
-Both functions run *inside* ranks (pass them to ``labsupport.launch``) and return plain dicts.
-Tensors live on ``rank_device()`` (the rank's GPU under NCCL, else the CPU), and timers are read
-only after ``synchronize`` (GPU kernels and NCCL calls return before the work is done).
+``wire_bytes``, ``time_tp_mlp`` and ``mlp_step`` run *inside* ranks (pass them to
+``labsupport.launch``) and return plain dicts. Tensors live on ``rank_device()`` (the rank's GPU
+under NCCL, else the CPU), and timers are read only after ``synchronize`` (GPU kernels and NCCL
+calls return before the work is done). ``core_gflops`` times one CPU core in this process.
 """
 from __future__ import annotations
 
@@ -14,32 +15,42 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..devices import is_nccl, rank_device, synchronize
-from .comm_bytes import all_gather_bytes, loopback_bytes, ring_all_reduce_bytes
+from ..formulas.collectives import gloo_host_bytes, ring_bytes
+from .comm import copy_to_tp_region, reduce_from_tp_region
+from .comm_bytes import loopback_bytes, ring_all_reduce_bytes
 from .counting import count_collectives
-from .mlp import MLP, ParallelMLP
+from .mlp import MLP, ParallelMLP, mlp_shard_linears, parallel_mlp_forward
 
 # Published NVLink bandwidths (total, both directions, per GPU) -- NVIDIA's H100 and A100
 # datasheets. A ring all-reduce sends and receives at once, so it uses one direction's half.
 NVLINK_GBPS = {"H100 SXM, NVLink 4": 900, "A100 SXM, NVLink 3": 600}
+
+# Peak arithmetic of a current data-centre GPU, NVIDIA H100 Tensor Core GPU datasheet, H100 SXM
+# column: "BF16 Tensor Core 1,979 teraFLOPS" is quoted *with sparsity* (footnote: half without),
+# so dense BF16 is 989; "FP32 67 teraFLOPS" (no tensor cores). TFLOP/s.
+H100_SXM_TFLOPS = {"dense BF16 (tensor cores)": 989.0, "FP32": 67.0}
 
 
 def wire_bytes(rank, world_size, n_bytes, tries=3):
     """Per collective of an N-byte tensor: bytes handed (count_collectives) and lo tx delta.
 
     Ops: all-reduce of an (N/4,) fp32 tensor (Megatron's g/f), all-gather of (N/4/t,) shards
-    into N bytes (a column-parallel output). The lo delta sums every rank's sends; keep the
-    minimum over ``tries`` (other processes on the host can only add traffic).
+    into N bytes (a column-parallel output), reduce-scatter of N bytes into (N/4/t,) shards
+    (sequence parallelism's ḡ). The lo delta sums every rank's sends; keep the minimum over
+    ``tries`` (other processes on the host can only add traffic).
 
     Returns {op: {"handed": bytes this rank passed in, "lo_tx": min delta or None,
-    "formula": per-rank bytes sent by the ring formula}}.
+    "formula": per-rank bytes sent by the ring formula, "gloo": what gloo moves on the host,
+    all ranks together (``formulas.collectives.gloo_host_bytes``)}}.
     """
     device, n = rank_device(), n_bytes // 4
     full, shard = torch.ones(n, device=device), torch.ones(n // world_size, device=device)
     pieces = [torch.empty_like(shard) for _ in range(world_size)]
-    ops = {"all_reduce": (lambda: dist.all_reduce(full), ring_all_reduce_bytes),
-           "all_gather": (lambda: dist.all_gather(pieces, shard), all_gather_bytes)}
+    ops = {"all_reduce": lambda: dist.all_reduce(full),
+           "all_gather": lambda: dist.all_gather(pieces, shard),
+           "reduce_scatter": lambda: dist.reduce_scatter(shard, list(full.chunk(world_size)))}
     out = {}
-    for op, (run, formula) in ops.items():
+    for op, run in ops.items():
         run()  # warm up the connections
         with count_collectives() as log:
             run()
@@ -57,8 +68,91 @@ def wire_bytes(rank, world_size, n_bytes, tries=3):
                 deltas.append(after.tx_bytes - before.tx_bytes)
         # Only gloo talks over lo; NCCL on one node uses NVLink/PCIe/shared memory.
         on_loopback = deltas and device.type == "cpu"
-        out[op] = {"handed": log.bytes(op), "formula": formula(n_bytes, world_size),
+        out[op] = {"handed": log.bytes(op), "formula": ring_bytes(op, n_bytes, world_size),
+                   "gloo": gloo_host_bytes(op, n_bytes, world_size),
                    "lo_tx": min(deltas) if on_loopback else None}
+    return out
+
+
+def core_gflops(n=1024, repeats=5):
+    """GFLOP/s of one CPU core on an fp32 (n, n) matmul, median of ``repeats`` (torch limited to
+    one thread while it runs). Returns (median, fastest)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a @ b  # warm up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    flops = 2 * n ** 3
+    return flops / statistics.median(times) / 1e9, flops / min(times) / 1e9
+
+
+def _max_error(got, want):
+    return (got.detach() - want).abs().max().item()
+
+
+def _mlp_run(dense, x, dy, dx, rank, t, forward, f, g):
+    """One step of ``forward`` on this rank's shards: errors against the dense MLP, collectives."""
+    expected = {"fc1.weight": dense.fc1.weight.grad.chunk(t, 0)[rank],
+                "fc1.bias": dense.fc1.bias.grad.chunk(t, 0)[rank],
+                "fc2.weight": dense.fc2.weight.grad.chunk(t, 1)[rank],
+                "fc2.bias": dense.fc2.bias.grad}
+    fc1, fc2 = mlp_shard_linears(dense.fc1, dense.fc2, rank, t)
+    x_par = x.clone().requires_grad_()
+    with count_collectives() as log:
+        y = forward(x_par, fc1, fc2, f, g)
+        y.backward(dy)
+    errors = {"output": _max_error(y, dense(x)), "dL/dx": _max_error(x_par.grad, dx)}
+    for name, p in (("fc1.weight", fc1.weight), ("fc1.bias", fc1.bias),
+                    ("fc2.weight", fc2.weight), ("fc2.bias", fc2.bias)):
+        errors[f"grad {name} {tuple(p.shape)}"] = _max_error(p.grad, expected[name])
+    # The same step with an input that does not require grad (data entering the first layer).
+    with count_collectives() as log_no_input_grad:
+        forward(x.clone(), fc1, fc2, f, g).backward(dy)
+    return {"errors": errors, "log": log, "log_no_input_grad": log_no_input_grad}
+
+
+def mlp_step(rank, world_size, forward_fn=None, f_cls=None, g_cls=None, hidden=48, tokens=10):
+    """One forward + backward of the Megatron MLP on this rank's shards, against the dense MLP.
+
+    Runs the course's pieces (``parallel_mlp_forward`` with ``copy_to_tp_region`` and
+    ``reduce_from_tp_region``) and, when given and finished, the student's: ``forward_fn(x, fc1,
+    fc2, f, g)`` with their ``f_cls``/``g_cls`` (or with the course's f and g while those are
+    stubs). A stub raises NotImplementedError before any collective, on every rank alike.
+
+    Returns {"course": run, "yours": run or None, "whose": which pieces "yours" used}, a run
+    being {"errors": {name: max |error| against this rank's slice of the dense result}, "log",
+    "log_no_input_grad": the collectives of the step, and of the same step with an input that
+    does not require grad}.
+    """
+    device = rank_device()
+    torch.manual_seed(0)
+    dense = MLP(hidden).to(device)
+    x, dy = torch.randn(tokens, hidden).to(device), torch.randn(tokens, hidden).to(device)
+    x_ref = x.clone().requires_grad_()
+    dense(x_ref).backward(dy)
+    dx = x_ref.grad
+    out = {"course": _mlp_run(dense, x, dy, dx, rank, world_size, parallel_mlp_forward,
+                              copy_to_tp_region, reduce_from_tp_region), "yours": None, "whose": None}
+    attempts = []
+    if forward_fn is not None and f_cls is not None and g_cls is not None:
+        attempts.append(({"forward": "yours", "f": "yours", "g": "yours"}, f_cls.apply, g_cls.apply))
+    if forward_fn is not None:
+        attempts.append(({"forward": "yours", "f": "course's", "g": "course's"},
+                         copy_to_tp_region, reduce_from_tp_region))
+    for whose, f, g in attempts:
+        try:
+            out["yours"] = _mlp_run(dense, x, dy, dx, rank, world_size, forward_fn, f, g)
+        except NotImplementedError:
+            continue
+        out["whose"] = whose
+        break
     return out
 
 
