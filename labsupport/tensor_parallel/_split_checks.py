@@ -199,7 +199,9 @@ def _run_splits(rank, world_size, fns, cases):
             continue
         try:
             out[split] = _run_cases(rank, world_size, fn, cases[split], SPLITS[split])
-        except NotImplementedError:
+        except NotImplementedError as exc:
+            if not str(exc).startswith(f"{SPLITS[split]} is not implemented yet"):
+                raise  # a library's NotImplementedError: the answer's mistake, not a stub
             out[split] = ("not implemented", None)
     return out
 
