@@ -123,9 +123,9 @@ def mlp_step(rank, world_size, forward_fn=None, f_cls=None, g_cls=None, hidden=4
     """One forward + backward of the Megatron MLP on this rank's shards, against the dense MLP.
 
     Runs the course's pieces (``parallel_mlp_forward`` with ``copy_to_tp_region`` and
-    ``reduce_from_tp_region``) and, when given and finished, the student's: ``forward_fn(x, fc1,
-    fc2, f, g)`` with their ``f_cls``/``g_cls`` (or with the course's f and g while those are
-    stubs). A stub raises NotImplementedError before any collective, on every rank alike.
+    ``reduce_from_tp_region``) and, as far as they are finished, the student's: ``forward_fn(x,
+    fc1, fc2, f, g)`` with their ``f_cls``/``g_cls``, the course's standing in for a stub. A
+    stub raises NotImplementedError before any collective, on every rank alike.
 
     Returns {"course": run, "yours": run or None, "whose": which pieces "yours" used}, a run
     being {"errors": {name: max |error| against this rank's slice of the dense result}, "log",
@@ -141,15 +141,19 @@ def mlp_step(rank, world_size, forward_fn=None, f_cls=None, g_cls=None, hidden=4
     dx = x_ref.grad
     out = {"course": _mlp_run(dense, x, dy, dx, rank, world_size, parallel_mlp_forward,
                               copy_to_tp_region, reduce_from_tp_region), "yours": None, "whose": None}
-    attempts = []
-    if forward_fn is not None and f_cls is not None and g_cls is not None:
-        attempts.append(({"forward": "yours", "f": "yours", "g": "yours"}, f_cls.apply, g_cls.apply))
+    attempts, yours_fg = [], f_cls is not None and g_cls is not None
+    if forward_fn is not None and yours_fg:
+        attempts.append(({"forward": "yours", "f": "yours", "g": "yours"}, forward_fn,
+                         f_cls.apply, g_cls.apply))
     if forward_fn is not None:
-        attempts.append(({"forward": "yours", "f": "course's", "g": "course's"},
+        attempts.append(({"forward": "yours", "f": "course's", "g": "course's"}, forward_fn,
                          copy_to_tp_region, reduce_from_tp_region))
-    for whose, f, g in attempts:
+    if yours_fg:
+        attempts.append(({"forward": "course's", "f": "yours", "g": "yours"}, parallel_mlp_forward,
+                         f_cls.apply, g_cls.apply))
+    for whose, forward, f, g in attempts:
         try:
-            out["yours"] = _mlp_run(dense, x, dy, dx, rank, world_size, forward_fn, f, g)
+            out["yours"] = _mlp_run(dense, x, dy, dx, rank, world_size, forward, f, g)
         except NotImplementedError as exc:
             if not is_stub_error(exc):
                 raise

@@ -39,7 +39,7 @@ def show_mlp_step(steps, tol):
                      f"gradients within {worst:.1e} of the dense MLP (tolerance {tol:g})")
     yours = [step["yours"] for step in steps]
     if yours[0] is None:
-        lines.append("your pieces: parallel_mlp_forward is not finished yet (run exercise 2)")
+        lines.append("your pieces: none finished yet (exercise 2: f and g, parallel_mlp_forward)")
     else:
         whose = ", ".join(f"{k} {v}" for k, v in steps[0]["whose"].items())
         for rank, run in enumerate(yours):
