@@ -692,3 +692,51 @@ def test_vocab_parallel_on_one_process_without_a_group():
                           nn.functional.cross_entropy(logits[0], ids[0], reduction="none"))
     with pytest.raises(ValueError, match="vocabulary size 8 is not divisible by world size 3"):
         VocabParallelEmbedding.from_dense(emb, 0, 3)
+
+
+# --- Lab 01's tables (labsupport.tensor_parallel.report): they check what they print ---------------
+
+def test_gpu_gap_quotes_the_datasheet_against_the_fastest_run():
+    from labsupport.tensor_parallel import report
+    text = report.gpu_gap({"fastest": 100.0, "median": 60.0, "n": 512, "repeats": 50})
+    assert "100 GFLOP/s, the fastest of 50 runs" in text
+    assert "989 TFLOP/s (datasheet) = 9,890× this core (10^4.0)" in text
+    assert "67 TFLOP/s (datasheet) = 670× this core (10^2.8)" in text
+    with pytest.raises(AssertionError):  # a "core" at 1 PFLOP/s is a broken measurement
+        report.gpu_gap({"fastest": 1e6, "median": 1e6, "n": 512, "repeats": 50})
+    core = measure.core_gflops(n=64, repeats=3)
+    assert core["fastest"] >= core["median"] > 0
+
+
+def _fake_sp(t, saved_sharded_delta=0, lo=None):
+    """A block_costs-shaped result: TP's 4 all-reduces vs SP's 4 + 4 (+2) halves of them."""
+    from labsupport.formulas.collectives import gloo_host_bytes, ring_bytes
+    n = 4 * 8 * 16 * 4
+
+    def calls(ops):
+        return [{"op": op, "phase": "forward", "handed": n // t if op == "all_gather" else n,
+                 "full": n, "ring": ring_bytes(op, n, t), "gloo": gloo_host_bytes(op, n, t)}
+                for op in ops]
+    variants = {"tensor parallel": ["all_reduce"] * 4,
+                "SP, gathered input": ["all_gather", "reduce_scatter"] * 4,
+                "SP, sharded input": ["all_gather", "reduce_scatter"] * 4 + ["all_gather"] * 2}
+    extra = 2 * 4 * (8 - 8 // t) * 16 * 4
+    out = {"shape": (4, 8, 16), "heads": 2, "element_bytes": 4}
+    for i, (name, ops) in enumerate(variants.items()):
+        c = calls(ops)
+        saved = 10_000 + (extra if name != "SP, sharded input" else saved_sharded_delta)
+        out[name] = {"errors": {"output": 1e-7}, "calls": c, "sync": [], "by_phase": {},
+                     "lo_tx": lo if lo is not None else int(sum(x["gloo"] for x in c) * 1.01),
+                     "saved": saved, "peak": 2 * saved, "layernorm_grad_placements": []}
+    return out
+
+
+def test_sp_tables_check_the_ring_model_the_wire_and_the_exact_memory_saving():
+    from labsupport.tensor_parallel import report
+    sp = {2: _fake_sp(2), 4: _fake_sp(4)}
+    assert "SP, sharded input" in report.sp_bytes(sp)
+    assert "gathered - sharded" in report.sp_memory(sp)
+    with pytest.raises(AssertionError, match="loopback saw"):
+        report.sp_bytes({2: _fake_sp(2, lo=10)})            # the wire contradicts gloo's model
+    with pytest.raises(AssertionError):
+        report.sp_memory({2: _fake_sp(2, saved_sharded_delta=1)})  # not exactly 2·b·(s-s/t)·h

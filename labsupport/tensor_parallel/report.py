@@ -83,18 +83,21 @@ def timing_table(rows, link):
     return "\n".join(lines)
 
 
-def gpu_gap(core_gflops, fastest_gflops=None):
-    """One CPU core's measured fp32 rate against the H100 SXM datasheet's peaks."""
-    best = f" (fastest of the repeats {fastest_gflops:.0f})" if fastest_gflops else ""
-    lines = [f"one core of this CPU, fp32 matmul (measured): {core_gflops:.0f} GFLOP/s{best}"]
+def gpu_gap(core):
+    """One CPU core's measured fp32 rate (``measure.core_gflops``) against the H100 SXM
+    datasheet's peaks."""
+    rate = core["fastest"]
+    lines = [f"one core of this CPU, fp32 ({core['n']}, {core['n']}) matmul: {rate:.0f} GFLOP/s, "
+             f"the fastest of {core['repeats']} runs (median {core['median']:.0f}: a shared "
+             "machine only slows runs down)"]
     for kind, tflops in H100_SXM_TFLOPS.items():
-        ratio = tflops * 1e3 / core_gflops
+        ratio = tflops * 1e3 / rate
         lines.append(f"H100 SXM {kind}: {tflops:g} TFLOP/s (datasheet) = {ratio:,.0f}× this core "
                      f"(10^{math.log10(ratio):.1f})")
-    bf16 = H100_SXM_TFLOPS["dense BF16 (tensor cores)"] * 1e3 / core_gflops
-    fp32 = H100_SXM_TFLOPS["FP32"] * 1e3 / core_gflops
+    bf16 = H100_SXM_TFLOPS["dense BF16 (tensor cores)"] * 1e3 / rate
+    fp32 = H100_SXM_TFLOPS["FP32"] * 1e3 / rate
     # Orders of magnitude, whatever this core is (a laptop core: 20-250 GFLOP/s fp32).
-    assert 1e3 < bf16 < 1e5 and 1e2 < fp32 < 1e4, (core_gflops, bf16, fp32)
+    assert 1e3 < bf16 < 1e5 and 1e2 < fp32 < 1e4, (rate, bf16, fp32)
     return "\n".join(lines)
 
 
