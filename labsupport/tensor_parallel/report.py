@@ -131,20 +131,27 @@ def _sum(calls, key):
 
 def sp_bytes(sp):
     """Per variant: bytes handed per rank, the ring model per rank, gloo's model and the loopback
-    counter (host, all ranks) for one forward + backward of the block."""
+    counter (host, all ranks) for one forward + backward of the block; checks that in the ring
+    model SP storing the gathered input moves exactly tensor parallelism's bytes."""
     lines = [f"{'t':>2} {'variant':<24}{'handed/rank':>13}{'ring/rank':>12}{'gloo (host)':>13}"
-             f"{'lo tx (host)':>14}{'lo/gloo':>8}"]
+             f"{'÷ TP':>6}{'lo tx (host)':>14}{'lo/gloo':>8}"]
     for t, res in sp.items():
         ring = {name: _sum(res[name]["calls"], "ring") for name in _variants(res)}
         tp, gathered = ring["tensor parallel"], ring["SP, gathered input"]
         assert abs(tp - gathered) < 1e-6 * tp, (t, ring)  # all-gather + reduce-scatter = all-reduce
+        tp_gloo = _sum(res["tensor parallel"]["calls"], "gloo")
         for name in _variants(res):
             v = res[name]
             gloo = _sum(v["calls"], "gloo")
             lo, ratio = _lo_ratio(v["lo_tx"], gloo)
             lines.append(f"{t:>2} {name:<24}{_sum(v['calls'], 'handed'):>13,}{ring[name]:>12,.0f}"
-                         f"{gloo:>13,.0f}{lo:>14}{(f'{ratio:.3f}' if ratio else ''):>8}")
+                         f"{gloo:>13,.0f}{gloo / tp_gloo:>6.2f}{lo:>14}"
+                         f"{(f'{ratio:.3f}' if ratio else ''):>8}")
     return "\n".join(lines)
+
+
+def _mib(n):
+    return f"{n / 2**20:.2f} MiB"
 
 
 def sp_memory(sp):
@@ -155,13 +162,13 @@ def sp_memory(sp):
         base = res["tensor parallel"]["saved"]
         for name in _variants(res):
             v = res[name]
-            lines.append(f"{t:>2} {name:<24}{format_bytes(v['saved']):>11}{v['saved'] / base:>7.2f}"
-                         f"{format_bytes(v['peak']):>11}")
+            lines.append(f"{t:>2} {name:<24}{_mib(v['saved']):>11}{v['saved'] / base:>7.2f}"
+                         f"{_mib(v['peak']):>11}")
         b, s, h = res["shape"]
         extra = 2 * b * (s - s // t) * h * res["element_bytes"]
         diff = res["SP, gathered input"]["saved"] - res["SP, sharded input"]["saved"]
         assert diff == extra, (t, diff, extra)
-        lines.append(f"   gathered - sharded = {format_bytes(diff)} = 2 layers × b·(s - s/t)·h × "
+        lines.append(f"   gathered - sharded = {diff:,} bytes = 2 layers × b·(s - s/t)·h × "
                      f"{res['element_bytes']} bytes, exactly")
     return "\n".join(lines)
 
