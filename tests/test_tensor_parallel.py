@@ -443,6 +443,12 @@ def _every_from_dense(dense_kwargs):
     built["gpt ParallelEmbedding"] = gpt_parallel.ParallelEmbedding.from_dense(gpt[0], 1, 2)
     built["gpt ParallelBlock"] = gpt_parallel.ParallelBlock.from_dense(gpt[1], 1, 2)
     built["gpt ParallelHead"] = gpt_parallel.ParallelHead.from_dense(gpt[2], 1, 2)
+    # Lab 05's block, made tensor/sequence parallel from these layers (labsupport.checkpointing).
+    from labsupport import checkpointing
+    lab05 = checkpointing.TransformerBlock(8, 2).to(**dense_kwargs)
+    for sp in (False, True):
+        built[f"Lab 05 ParallelTransformerBlock (sp={sp})"] = \
+            checkpointing.ParallelTransformerBlock.from_dense(lab05, 1, 2, sequence_parallel=sp)
     return built
 
 
