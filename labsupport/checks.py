@@ -88,7 +88,7 @@ def explain_mismatch(actual, expected, *, what="output", rtol=1e-5, atol=1e-6,
     if actual.dtype != expected.dtype:
         return f"{what} has dtype {actual.dtype}, expected {expected.dtype}"
     if actual.shape != expected.shape:
-        return _explain_shape(actual, expected, what, world_size, partials)
+        return _explain_shape(actual, expected, what, world_size, partials, rtol, atol)
     if _close(actual, expected, rtol, atol):
         return None
     if partials is not None:
@@ -120,7 +120,7 @@ def explain_mismatch(actual, expected, *, what="output", rtol=1e-5, atol=1e-6,
             f"tolerance rtol={rtol:g}, atol={atol:g})")
 
 
-def _explain_shape(actual, expected, what, world_size, partials):
+def _explain_shape(actual, expected, what, world_size, partials, rtol=1e-5, atol=1e-6):
     got, want = tuple(actual.shape), tuple(expected.shape)
     head = f"{what} has shape {got}, expected {want}"
     if partials is not None and any(tuple(p.shape) == got for p in partials):
@@ -134,8 +134,8 @@ def _explain_shape(actual, expected, what, world_size, partials):
             return (f"{head}: the {world_size} pieces are joined along dim {grown[0]}, "
                     f"but they must be joined along dim {shrunk[0]}"
                     + (" (the last dim)" if shrunk[0] == nd - 1 else ""))
-    if sorted(got) == sorted(want) and len(got) == 2:
-        return f"{head}: it looks transposed"
+    if len(got) == 2 and got == want[::-1] and _close(actual.T, expected, rtol, atol):
+        return f"{head}: it is the transpose of the expected result"
     return head
 
 

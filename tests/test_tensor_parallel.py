@@ -24,6 +24,7 @@ from labsupport.tensor_parallel import (
     ParallelTransformerBlock,
     RowParallelLinear,
     TransformerBlock,
+    VocabParallelEmbedding,
     all_gather_bytes,
     column_parallel_matmul,
     column_shard,
@@ -433,10 +434,21 @@ def _every_from_dense(dense_kwargs):
         "ParallelTransformerBlock (sequence parallel)": ParallelTransformerBlock.from_dense(
             block, 1, 2, sequence_parallel=True, stored_input="gathered"),
     }
-    from labsupport import tensor_parallel
-    if hasattr(tensor_parallel, "VocabParallelEmbedding"):  # the capstone's vocabulary layers
-        emb = nn.Embedding(16, 8).to(**dense_kwargs)
-        built["VocabParallelEmbedding"] = tensor_parallel.VocabParallelEmbedding.from_dense(emb, 1, 2)
+    emb = nn.Embedding(16, 8).to(**dense_kwargs)
+    built["VocabParallelEmbedding"] = VocabParallelEmbedding.from_dense(emb, 1, 2)
+    # The capstone's GPT layers are built from these (labsupport.gpt.parallel).
+    from labsupport.gpt import model as gpt_model, parallel as gpt_parallel
+    cfg = gpt_model.GPTConfig(vocab_size=16, block_size=4, n_layer=1, n_head=2, n_embd=8)
+    gpt = gpt_model.GPT(cfg).to(**dense_kwargs)
+    built["gpt ParallelEmbedding"] = gpt_parallel.ParallelEmbedding.from_dense(gpt[0], 1, 2)
+    built["gpt ParallelBlock"] = gpt_parallel.ParallelBlock.from_dense(gpt[1], 1, 2)
+    built["gpt ParallelHead"] = gpt_parallel.ParallelHead.from_dense(gpt[2], 1, 2)
+    # Lab 05's block, made tensor/sequence parallel from these layers (labsupport.checkpointing).
+    from labsupport import checkpointing
+    lab05 = checkpointing.TransformerBlock(8, 2).to(**dense_kwargs)
+    for sp in (False, True):
+        built[f"Lab 05 ParallelTransformerBlock (sp={sp})"] = \
+            checkpointing.ParallelTransformerBlock.from_dense(lab05, 1, 2, sequence_parallel=sp)
     return built
 
 
@@ -573,17 +585,51 @@ def test_mismatched_shapes():
 T = 2
 
 
+def _stub_forward(x, fc1, fc2, f, g):
+    raise NotImplementedError()
+
+
+class _StubOp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        raise NotImplementedError()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError()
+
+
 def _kernels(rank, world_size):
+    from labsupport.tensor_parallel import CopyToModelParallelRegion as F_, ReduceFromModelParallelRegion as G_
+    from labsupport.tensor_parallel import parallel_mlp_forward
+    steps = {"all yours": measure.mlp_step(rank, world_size, parallel_mlp_forward, F_, G_),
+             "forward a stub": measure.mlp_step(rank, world_size, _stub_forward, F_, G_),
+             "f and g stubs": measure.mlp_step(rank, world_size, parallel_mlp_forward, _StubOp, _StubOp),
+             "all stubs": measure.mlp_step(rank, world_size, _stub_forward, _StubOp, _StubOp)}
     return (measure.wire_bytes(rank, world_size, 1 << 18, tries=2),
-            measure.time_tp_mlp(rank, world_size, [32, 64], tokens=8, repeats=3))
+            measure.time_tp_mlp(rank, world_size, [32, 64], tokens=8, repeats=3), steps)
 
 
 def test_measurement_kernels():
-    wire, rows = labsupport.launch(_kernels, T)[0]
+    wire, rows, steps = labsupport.launch(_kernels, T)[0]
+    yours, course = {"forward": "yours", "f": "yours", "g": "yours"}, "course's"
+    assert steps["all yours"]["whose"] == yours
+    assert steps["forward a stub"]["whose"] == {**yours, "forward": course}
+    assert steps["f and g stubs"]["whose"] == {**yours, "f": course, "g": course}
+    assert steps["all stubs"]["yours"] is None
+    for step in steps.values():
+        assert max(step["course"]["errors"].values()) < 1e-5
+        assert step["course"]["log"].by_phase() == {"forward": {"all_reduce": 1},
+                                                    "backward": {"all_reduce": 1}}
+        assert step["course"]["log_no_input_grad"].by_phase() == {"forward": {"all_reduce": 1},
+                                                                  "backward": {}}
     assert wire["all_reduce"]["handed"] == 1 << 18 and wire["all_gather"]["handed"] == (1 << 18) // T
+    assert set(wire) == {"all_reduce", "all_gather", "reduce_scatter"}
     for op, m in wire.items():
-        if m["lo_tx"] is not None:  # Linux, gloo: the formula holds up to header overhead
-            assert 0.98 <= m["lo_tx"] / (T * m["formula"]) <= 1.2, (op, m)
+        if m["lo_tx"] is not None:  # Linux, gloo: gloo's model holds up to header overhead
+            assert 0.98 <= m["lo_tx"] / m["gloo"] <= 1.2, (op, m)
+    # the ring model is what gloo moves for all-reduce and all-gather, half its reduce-scatter
+    assert [wire[op]["gloo"] / (T * wire[op]["formula"]) for op in wire] == [1.0, 1.0, 2.0]
     for r, h in zip(rows, [32, 64]):
         assert r["hidden"] == h and r["allreduce_calls"] == 2
         assert r["allreduce_bytes"] == 2 * 8 * h * 4 == r["ring_bytes"]  # t=2: ring moves N
@@ -597,8 +643,7 @@ def test_link_seconds_uses_one_direction():
 
 # --- the vocabulary split (labsupport.tensor_parallel.vocab), used by Lab 07 ------------------------
 
-from labsupport.tensor_parallel import (VocabParallelEmbedding, count_collectives,  # noqa: E402
-                                        padded_vocab_size, vocab_parallel_cross_entropy)
+from labsupport.tensor_parallel import padded_vocab_size, vocab_parallel_cross_entropy  # noqa: E402
 
 
 def test_padded_vocab_size_is_megatrons_rule():
@@ -653,3 +698,51 @@ def test_vocab_parallel_on_one_process_without_a_group():
                           nn.functional.cross_entropy(logits[0], ids[0], reduction="none"))
     with pytest.raises(ValueError, match="vocabulary size 8 is not divisible by world size 3"):
         VocabParallelEmbedding.from_dense(emb, 0, 3)
+
+
+# --- Lab 01's tables (labsupport.tensor_parallel.report): they check what they print ---------------
+
+def test_gpu_gap_quotes_the_datasheet_against_the_fastest_run():
+    from labsupport.tensor_parallel import report
+    text = report.gpu_gap({"fastest": 100.0, "median": 60.0, "n": 512, "repeats": 50})
+    assert "100 GFLOP/s, the fastest of 50 runs" in text
+    assert "989 TFLOP/s (datasheet) = 9,890× this core (10^4.0)" in text
+    assert "67 TFLOP/s (datasheet) = 670× this core (10^2.8)" in text
+    with pytest.raises(AssertionError):  # a "core" at 1 PFLOP/s is a broken measurement
+        report.gpu_gap({"fastest": 1e6, "median": 1e6, "n": 512, "repeats": 50})
+    core = measure.core_gflops(n=64, repeats=3)
+    assert core["fastest"] >= core["median"] > 0
+
+
+def _fake_sp(t, saved_sharded_delta=0, lo=None):
+    """A block_costs-shaped result: TP's 4 all-reduces vs SP's 4 + 4 (+2) halves of them."""
+    from labsupport.formulas.collectives import gloo_host_bytes, ring_bytes
+    n = 4 * 8 * 16 * 4
+
+    def calls(ops):
+        return [{"op": op, "phase": "forward", "handed": n // t if op == "all_gather" else n,
+                 "full": n, "ring": ring_bytes(op, n, t), "gloo": gloo_host_bytes(op, n, t)}
+                for op in ops]
+    variants = {"tensor parallel": ["all_reduce"] * 4,
+                "SP, gathered input": ["all_gather", "reduce_scatter"] * 4,
+                "SP, sharded input": ["all_gather", "reduce_scatter"] * 4 + ["all_gather"] * 2}
+    extra = 2 * 4 * (8 - 8 // t) * 16 * 4
+    out = {"shape": (4, 8, 16), "heads": 2, "element_bytes": 4}
+    for i, (name, ops) in enumerate(variants.items()):
+        c = calls(ops)
+        saved = 10_000 + (extra if name != "SP, sharded input" else saved_sharded_delta)
+        out[name] = {"errors": {"output": 1e-7}, "calls": c, "sync": [], "by_phase": {},
+                     "lo_tx": lo if lo is not None else int(sum(x["gloo"] for x in c) * 1.01),
+                     "saved": saved, "peak": 2 * saved, "layernorm_grad_placements": []}
+    return out
+
+
+def test_sp_tables_check_the_ring_model_the_wire_and_the_exact_memory_saving():
+    from labsupport.tensor_parallel import report
+    sp = {2: _fake_sp(2), 4: _fake_sp(4)}
+    assert "SP, sharded input" in report.sp_bytes(sp)
+    assert "gathered - sharded" in report.sp_memory(sp)
+    with pytest.raises(AssertionError, match="loopback saw"):
+        report.sp_bytes({2: _fake_sp(2, lo=10)})            # the wire contradicts gloo's model
+    with pytest.raises(AssertionError):
+        report.sp_memory({2: _fake_sp(2, saved_sharded_delta=1)})  # not exactly 2·b·(s-s/t)·h

@@ -86,6 +86,12 @@ class StorageTracker(TorchDispatchMode):
             which the phase began (see :meth:`mark`).
     """
 
+    @classmethod
+    def _should_skip_dynamo(cls):
+        # Else torch wraps __torch_dispatch__ in dynamo.disable and the first op under the mode
+        # imports torch._dynamo: about a second of CPU per process. Nothing here is compiled.
+        return False
+
     def __init__(self):
         super().__init__()
         self.live: dict[int, tuple[int, int]] = {}

@@ -17,6 +17,7 @@ an independent oracle for our counts.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -103,8 +104,10 @@ def _tensors(x):
 
 
 def _dtensor_type():
-    from torch.distributed.tensor import DTensor  # lazy: only needed once a mode is active
-    return DTensor
+    # No DTensor can exist before its module is imported, and importing it here would cost
+    # every rank half a second of CPU: look it up only where someone else imported it.
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
 
 
 def _group_ranks(bound) -> tuple | None:
@@ -124,6 +127,13 @@ def _group_ranks(bound) -> tuple | None:
 
 
 class _CollectiveRecorder(TorchDispatchMode):
+    @classmethod
+    def _should_skip_dynamo(cls):
+        # Else torch wraps __torch_dispatch__ in dynamo.disable, and the first op under the mode
+        # imports torch._dynamo: about a second of CPU in every rank that counts. Nothing here
+        # is ever compiled (torch's documented switch, see TorchDispatchMode._should_skip_dynamo).
+        return False
+
     def __init__(self, log: CollectiveLog, timed: bool = False):
         super().__init__()
         self.log = log
@@ -135,7 +145,8 @@ class _CollectiveRecorder(TorchDispatchMode):
             return func(*args, **kwargs)
         # Modes run before tensor subclasses: let DTensor lower itself first, so the
         # collectives it issues come back through this mode as plain ops (as CommDebugMode does).
-        if any(t is _dtensor_type() for t in types):
+        dtensor = _dtensor_type()
+        if dtensor is not None and any(t is dtensor for t in types):
             return NotImplemented
         if func.namespace in _NAMESPACES:
             name = func._schema.name.split("::")[-1]

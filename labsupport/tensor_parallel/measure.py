@@ -1,8 +1,9 @@
 """Measurement kernels of Lab 01 and benchmarks/tp_mlp.py: bytes on the wire, compute vs comm time.
 
-Both functions run *inside* ranks (pass them to ``labsupport.launch``) and return plain dicts.
-Tensors live on ``rank_device()`` (the rank's GPU under NCCL, else the CPU), and timers are read
-only after ``synchronize`` (GPU kernels and NCCL calls return before the work is done).
+``wire_bytes``, ``time_tp_mlp`` and ``mlp_step`` run *inside* ranks (pass them to
+``labsupport.launch``) and return plain dicts. Tensors live on ``rank_device()`` (the rank's GPU
+under NCCL, else the CPU), and timers are read only after ``synchronize`` (GPU kernels and NCCL
+calls return before the work is done). ``core_gflops`` times one CPU core in this process.
 """
 from __future__ import annotations
 
@@ -13,33 +14,44 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..checks import is_stub_error
 from ..devices import is_nccl, rank_device, synchronize
-from .comm_bytes import all_gather_bytes, loopback_bytes, ring_all_reduce_bytes
+from ..formulas.collectives import gloo_host_bytes, ring_bytes
+from .comm import copy_to_tp_region, reduce_from_tp_region
+from .comm_bytes import loopback_bytes, ring_all_reduce_bytes
 from .counting import count_collectives
-from .mlp import MLP, ParallelMLP
+from .mlp import MLP, ParallelMLP, mlp_shard_linears, parallel_mlp_forward
 
 # Published NVLink bandwidths (total, both directions, per GPU) -- NVIDIA's H100 and A100
 # datasheets. A ring all-reduce sends and receives at once, so it uses one direction's half.
 NVLINK_GBPS = {"H100 SXM, NVLink 4": 900, "A100 SXM, NVLink 3": 600}
+
+# Peak arithmetic of a current data-centre GPU, NVIDIA H100 Tensor Core GPU datasheet, H100 SXM
+# column: "BF16 Tensor Core 1,979 teraFLOPS" is quoted *with sparsity* (footnote: half without),
+# so dense BF16 is 989; "FP32 67 teraFLOPS" (no tensor cores). TFLOP/s.
+H100_SXM_TFLOPS = {"dense BF16 (tensor cores)": 989.0, "FP32": 67.0}
 
 
 def wire_bytes(rank, world_size, n_bytes, tries=3):
     """Per collective of an N-byte tensor: bytes handed (count_collectives) and lo tx delta.
 
     Ops: all-reduce of an (N/4,) fp32 tensor (Megatron's g/f), all-gather of (N/4/t,) shards
-    into N bytes (a column-parallel output). The lo delta sums every rank's sends; keep the
-    minimum over ``tries`` (other processes on the host can only add traffic).
+    into N bytes (a column-parallel output), reduce-scatter of N bytes into (N/4/t,) shards
+    (sequence parallelism's ḡ). The lo delta sums every rank's sends; keep the minimum over
+    ``tries`` (other processes on the host can only add traffic).
 
     Returns {op: {"handed": bytes this rank passed in, "lo_tx": min delta or None,
-    "formula": per-rank bytes sent by the ring formula}}.
+    "formula": per-rank bytes sent by the ring formula, "gloo": what gloo moves on the host,
+    all ranks together (``formulas.collectives.gloo_host_bytes``)}}.
     """
     device, n = rank_device(), n_bytes // 4
     full, shard = torch.ones(n, device=device), torch.ones(n // world_size, device=device)
     pieces = [torch.empty_like(shard) for _ in range(world_size)]
-    ops = {"all_reduce": (lambda: dist.all_reduce(full), ring_all_reduce_bytes),
-           "all_gather": (lambda: dist.all_gather(pieces, shard), all_gather_bytes)}
+    ops = {"all_reduce": lambda: dist.all_reduce(full),
+           "all_gather": lambda: dist.all_gather(pieces, shard),
+           "reduce_scatter": lambda: dist.reduce_scatter(shard, list(full.chunk(world_size)))}
     out = {}
-    for op, (run, formula) in ops.items():
+    for op, run in ops.items():
         run()  # warm up the connections
         with count_collectives() as log:
             run()
@@ -57,8 +69,102 @@ def wire_bytes(rank, world_size, n_bytes, tries=3):
                 deltas.append(after.tx_bytes - before.tx_bytes)
         # Only gloo talks over lo; NCCL on one node uses NVLink/PCIe/shared memory.
         on_loopback = deltas and device.type == "cpu"
-        out[op] = {"handed": log.bytes(op), "formula": formula(n_bytes, world_size),
+        out[op] = {"handed": log.bytes(op), "formula": ring_bytes(op, n_bytes, world_size),
+                   "gloo": gloo_host_bytes(op, n_bytes, world_size),
                    "lo_tx": min(deltas) if on_loopback else None}
+    return out
+
+
+def core_gflops(n=512, repeats=50):
+    """One CPU core's fp32 matmul rate: ``repeats`` (n, n) products with torch on one thread.
+
+    Returns {"fastest", "median"} in GFLOP/s (and n, repeats). The fastest run is the core's
+    rate: on a shared machine other processes can only slow a run down (as with the loopback
+    bytes, keep the extreme), and a 2 ms product usually fits between two interruptions.
+    """
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a @ b  # warm up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    flops = 2 * n ** 3
+    return {"fastest": flops / min(times) / 1e9, "median": flops / statistics.median(times) / 1e9,
+            "n": n, "repeats": repeats}
+
+
+def _max_error(got, want):
+    return (got.detach() - want).abs().max().item()
+
+
+def _mlp_run(dense, x, dy, dx, rank, t, forward, f, g):
+    """One step of ``forward`` on this rank's shards: errors against the dense MLP, collectives."""
+    expected = {"fc1.weight": dense.fc1.weight.grad.chunk(t, 0)[rank],
+                "fc1.bias": dense.fc1.bias.grad.chunk(t, 0)[rank],
+                "fc2.weight": dense.fc2.weight.grad.chunk(t, 1)[rank],
+                "fc2.bias": dense.fc2.bias.grad}
+    fc1, fc2 = mlp_shard_linears(dense.fc1, dense.fc2, rank, t)
+    x_par = x.clone().requires_grad_()
+    with count_collectives() as log:
+        y = forward(x_par, fc1, fc2, f, g)
+        y.backward(dy)
+    errors = {"output": _max_error(y, dense(x)), "dL/dx": _max_error(x_par.grad, dx)}
+    for name, p in (("fc1.weight", fc1.weight), ("fc1.bias", fc1.bias),
+                    ("fc2.weight", fc2.weight), ("fc2.bias", fc2.bias)):
+        errors[f"grad {name} {tuple(p.shape)}"] = _max_error(p.grad, expected[name])
+    # The same step with an input that does not require grad (data entering the first layer).
+    with count_collectives() as log_no_input_grad:
+        forward(x.clone(), fc1, fc2, f, g).backward(dy)
+    return {"errors": errors, "log": log, "log_no_input_grad": log_no_input_grad}
+
+
+def mlp_step(rank, world_size, forward_fn=None, f_cls=None, g_cls=None, hidden=48, tokens=10):
+    """One forward + backward of the Megatron MLP on this rank's shards, against the dense MLP.
+
+    Runs the course's pieces (``parallel_mlp_forward`` with ``copy_to_tp_region`` and
+    ``reduce_from_tp_region``) and, as far as they are finished, the student's: ``forward_fn(x,
+    fc1, fc2, f, g)`` with their ``f_cls``/``g_cls``, the course's standing in for a stub. A
+    stub raises NotImplementedError before any collective, on every rank alike.
+
+    Returns {"course": run, "yours": run or None, "whose": which pieces "yours" used}, a run
+    being {"errors": {name: max |error| against this rank's slice of the dense result}, "log",
+    "log_no_input_grad": the collectives of the step, and of the same step with an input that
+    does not require grad}.
+    """
+    device = rank_device()
+    torch.manual_seed(0)
+    dense = MLP(hidden).to(device)
+    x, dy = torch.randn(tokens, hidden).to(device), torch.randn(tokens, hidden).to(device)
+    x_ref = x.clone().requires_grad_()
+    dense(x_ref).backward(dy)
+    dx = x_ref.grad
+    out = {"course": _mlp_run(dense, x, dy, dx, rank, world_size, parallel_mlp_forward,
+                              copy_to_tp_region, reduce_from_tp_region), "yours": None, "whose": None}
+    attempts, yours_fg = [], f_cls is not None and g_cls is not None
+    if forward_fn is not None and yours_fg:
+        attempts.append(({"forward": "yours", "f": "yours", "g": "yours"}, forward_fn,
+                         f_cls.apply, g_cls.apply))
+    if forward_fn is not None:
+        attempts.append(({"forward": "yours", "f": "course's", "g": "course's"}, forward_fn,
+                         copy_to_tp_region, reduce_from_tp_region))
+    if yours_fg:
+        attempts.append(({"forward": "course's", "f": "yours", "g": "yours"}, parallel_mlp_forward,
+                         f_cls.apply, g_cls.apply))
+    for whose, forward, f, g in attempts:
+        try:
+            out["yours"] = _mlp_run(dense, x, dy, dx, rank, world_size, forward, f, g)
+        except NotImplementedError as exc:
+            if not is_stub_error(exc):
+                raise
+            continue
+        out["whose"] = whose
+        break
     return out
 
 
