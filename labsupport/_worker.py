@@ -48,22 +48,6 @@ def _write_result(path, outcome):
     os.replace(tmp, path)  # atomic: the parent never reads half a result
 
 
-def report_progress(store, iterable, desc, total):
-    """Rank 0 publishes (desc, total, n) to the parent's store; other ranks just iterate."""
-    if total is None and hasattr(iterable, "__len__"):
-        total = len(iterable)
-    if int(os.environ.get("RANK", "0")) != 0:
-        yield from iterable
-        return
-    store.set("labsupport/progress/n", "0")
-    store.set("labsupport/progress/desc", desc or "")
-    # "total" last: the parent starts a bar only once it exists, so it never pairs a new
-    # description with an old total.
-    store.set("labsupport/progress/total", "" if total is None else str(total))
-    for i, item in enumerate(iterable, 1):
-        yield item
-        store.set("labsupport/progress/n", str(i))
-
 
 def main():
     # The parent handles Ctrl-C (and kills us); a rank printing its own KeyboardInterrupt
@@ -92,10 +76,9 @@ def main():
             fn, args, kwargs = pickle.load(f)  # cloudpickle's output is plain pickle data
         store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                               False, timeout=timeout)
-        # This file runs as __main__; the labsupport modules the user's code imports are other
-        # module objects, so the store is handed to them explicitly.
-        from labsupport import launcher
-        launcher._CHILD_STORE = store
+        # Rank 0's progress bars report through the parent's store.
+        from labsupport.progress import attach
+        attach(store)
         if backend == "nccl":
             torch.cuda.set_device(rank)
         dist.init_process_group(process_group_backend(backend),

@@ -37,11 +37,11 @@ import time
 from dataclasses import dataclass, field
 
 from .devices import cpu_count, process_group_backend, resolve_backend
+from .progress import ParentBar
 
-__all__ = ["launch", "LaunchError", "progress"]
+__all__ = ["launch", "LaunchError"]
 
 _POLL_S = 0.02
-_CHILD_STORE = None  # set in launched ranks (by labsupport._worker) to the parent's store
 _GRACE_S = 3.0
 
 
@@ -160,6 +160,7 @@ class _Launch:
             self.store = dist.TCPStore("127.0.0.1", 0, None, True,
                                        timeout=datetime.timedelta(seconds=self.timeout_s + 30),
                                        wait_for_workers=False)
+            self.progress_bar = ParentBar(self.store)
             for rank in range(self.world_size):
                 self.ranks.append(self._start(rank, payload))
             try:
@@ -204,7 +205,7 @@ class _Launch:
 
     def _wait(self):
         while True:
-            self._update_progress()
+            self.progress_bar.update()
             # A rank that died without a result comes first: its peers' "connection closed"
             # errors are consequences, not causes.
             for r in self.ranks:
@@ -221,7 +222,7 @@ class _Launch:
             if errors:
                 self._fail(min(errors, key=_blame_order))
             if all(r.returned for r in self.ranks):
-                self._update_progress()  # rank 0 may have finished its loop since the last look
+                self.progress_bar.update()  # rank 0 may have finished its loop since the last look
                 self.store.set("labsupport/release", "1")
                 self._reap()
                 self._print_outputs()
@@ -268,25 +269,14 @@ class _Launch:
                           unfinished=unfinished, outputs=outputs, timed_out=timed_out)
 
     def _reap(self):
-        deadline = time.monotonic() + _GRACE_S + self.timeout_s
-        for r in self.ranks:
-            try:
-                r.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                r.proc.kill()
-                r.proc.wait()
+        """Released ranks tear down their groups and exit; give them time to, then kill."""
+        _wait_or_kill([r.proc for r in self.ranks], _GRACE_S + self.timeout_s)
 
     def _stop_all(self):
         for r in self.ranks:
             if r.proc.poll() is None:
                 r.proc.terminate()
-        deadline = time.monotonic() + _GRACE_S
-        for r in self.ranks:
-            try:
-                r.proc.wait(timeout=max(0.05, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                r.proc.kill()
-                r.proc.wait()
+        _wait_or_kill([r.proc for r in self.ranks], _GRACE_S)
 
     def _print_outputs(self):
         outputs = []
@@ -304,23 +294,17 @@ class _Launch:
         sys.stdout.flush()
         return outputs
 
-    def _update_progress(self):
-        store = self.store
-        if not store.check(["labsupport/progress/total"]):
-            return
-        total = store.get("labsupport/progress/total").decode()
-        total = int(total) if total else None
-        done = int(store.get("labsupport/progress/n")) if store.check(
-            ["labsupport/progress/n"]) else 0
-        desc = store.get("labsupport/progress/desc").decode()
-        bar = self.progress_bar
-        if bar is not None and (bar.total, bar.desc) != (total, desc):
-            bar.close()  # rank 0 started another progress loop
-            bar = None
-        if bar is None:
-            from tqdm.auto import tqdm
-            bar = self.progress_bar = tqdm(total=total, desc=desc)
-        bar.update(done - bar.n)
+
+
+def _wait_or_kill(procs, within_s):
+    """Wait up to ``within_s`` seconds in all for ``procs`` to exit; kill those still running."""
+    deadline = time.monotonic() + within_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.05, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def pickler():
@@ -368,17 +352,3 @@ def _describe_exit(code):
             return f"signal {-code}"
     return f"exit code {code}"
 
-
-def progress(iterable, desc="", total=None):
-    """A progress bar over ``iterable`` that works inside launched ranks.
-
-    In a rank started by :func:`launch`, rank 0 reports its progress to the parent, which draws
-    one tqdm bar in the notebook (child output only appears when the launch ends). Elsewhere it
-    is a plain ``tqdm.auto`` bar.
-    """
-    if _CHILD_STORE is None:
-        from tqdm.auto import tqdm
-        return tqdm(iterable, desc=desc or None, total=total)
-    from ._worker import report_progress
-
-    return report_progress(_CHILD_STORE, iterable, desc, total)
