@@ -60,6 +60,13 @@ def main():
     timeout = datetime.timedelta(seconds=float(os.environ["LABSUPPORT_TIMEOUT_S"]))
     result_path = os.environ["LABSUPPORT_RESULT"]
 
+    faulthandler.enable()  # a segfault or abort still leaves a Python stack in the rank's log
+    from labsupport.hangs.record import FINISHED, RUNNING, Recorder
+
+    # Before torch's slow import: from here on the parent may ask for our stacks (SIGUSR1).
+    recorder = Recorder(os.environ["LABSUPPORT_TRACE_DIR"], rank)
+    recorder.arm_stack_dumps()
+
     import pickle
 
     import torch
@@ -69,23 +76,32 @@ def main():
 
     if backend == "gloo":
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    faulthandler.enable()  # a segfault or abort still leaves a Python stack in the rank's log
     store = None
     try:
-        with open(os.environ["LABSUPPORT_PAYLOAD"], "rb") as f:
-            fn, args, kwargs = pickle.load(f)  # cloudpickle's output is plain pickle data
+        device_id = None
+        if backend == "nccl":
+            # First the device: everything after this (NCCL's communicator, CUDA tensors in the
+            # arguments below) belongs on this rank's GPU, not on cuda:0.
+            torch.cuda.set_device(rank)
+            device_id = torch.device("cuda", rank)
         store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                               False, timeout=timeout)
         # Rank 0's progress bars report through the parent's store.
         from labsupport.progress import attach
         attach(store)
-        if backend == "nccl":
-            torch.cuda.set_device(rank)
+        # device_id makes NCCL create its communicator now, inside init (eagerly), rather than
+        # at the first collective; subgroups are then split from it eagerly too.
         dist.init_process_group(process_group_backend(backend),
                                 store=dist.PrefixStore("pg", store), rank=rank,
-                                world_size=world, timeout=timeout)
+                                world_size=world, timeout=timeout, device_id=device_id)
+        if os.environ.get("LABSUPPORT_HANG_REPORT", "1") != "0":
+            recorder.install()
+        with open(os.environ["LABSUPPORT_PAYLOAD"], "rb") as f:
+            fn, args, kwargs = pickle.load(f)  # cloudpickle's output is plain pickle data
+        recorder.set_state(RUNNING)
         value = fn(rank, world, *args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+        recorder.set_state(FINISHED)
         sys.stdout.flush()
         sys.stderr.flush()
         # Drop this file's own frame: the student's code is what the traceback should show.
@@ -98,6 +114,7 @@ def main():
         # peers a "connection closed" error that could be mistaken for the cause.
         store.wait(["labsupport/release"], datetime.timedelta(days=1))
         os._exit(1)
+    recorder.set_state(FINISHED)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
