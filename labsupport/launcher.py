@@ -179,7 +179,7 @@ class _Launch:
             payload = os.path.join(self.tmp, "payload.pkl")
             with open(payload, "wb") as f:
                 try:
-                    pickler().dump((self.fn, self.args, self.kwargs), f)
+                    _dump_payload((self.fn, self.args, self.kwargs), f)
                 except (pickle.PicklingError, AttributeError, TypeError) as exc:
                     raise ValueError(
                         f"cannot send {getattr(self.fn, '__name__', self.fn)!r} or its arguments "
@@ -420,6 +420,33 @@ def pickler():
     except ImportError:
         return pickle
     return cloudpickle
+
+
+def _dump_payload(obj, file):
+    """Pickle what the ranks run; with cloudpickle, keep each code object's file name.
+
+    cloudpickle 3 replaces it with "<dynamic-code>", and a rank's traceback or hang report could
+    then not say which notebook cell (or file) a line belongs to.
+    """
+    module = pickler()
+    if module is pickle:
+        return pickle.dump(obj, file)
+    import collections
+    import types
+
+    reduce_code = getattr(module.cloudpickle, "_code_reduce", None)
+    if reduce_code is None:  # another cloudpickle: its own behaviour
+        return module.dump(obj, file)
+
+    def keep_filename(code):
+        rebuild, args = reduce_code(code)
+        return rebuild, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+    class Pickler(module.Pickler):
+        dispatch_table = collections.ChainMap({types.CodeType: keep_filename},
+                                              module.Pickler.dispatch_table)
+
+    Pickler(file, protocol=module.DEFAULT_PROTOCOL).dump(obj)
 
 
 def _load_result(path):

@@ -142,6 +142,27 @@ def test_rank_killed_by_signal_is_reported():
     assert info.value.rank == 0
 
 
+def _setup_when_unpickled():
+    from labsupport.devices import rank_device
+
+    return {"group": dist.is_initialized() and (dist.get_rank(), dist.get_world_size()),
+            "device": str(rank_device())}
+
+
+class _SetupProbe:
+    """An argument that, when a rank unpickles it, records what the rank had set up by then."""
+
+    def __reduce__(self):
+        return (_setup_when_unpickled, ())
+
+
+def test_arguments_are_unpickled_after_the_rank_set_its_device_and_group():
+    """CUDA tensors passed to launch must land on each rank's own GPU, not all on cuda:0: the
+    rank sets its device, then initialises its group, and only then unpickles the arguments."""
+    seen = launch(lambda rank, world_size, probe: probe, 2, _SetupProbe())
+    assert seen == [{"group": (0, 2), "device": "cpu"}, {"group": (1, 2), "device": "cpu"}]
+
+
 def test_progress_over_a_generator():
     def loop(rank, world_size):
         return sum(labsupport.progress((i for i in range(4)), desc="gen"))

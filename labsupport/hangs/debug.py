@@ -23,7 +23,7 @@ _FINGERPRINT = re.compile(
     r"Rank (\d+) is running collective: CollectiveFingerPrint\(SequenceNumber=(\d+), "
     r"OpType=(\w+)(?:, TensorShape=\[([^\]]*)\])?(?:, TensorDtypes=(\w+))?")
 _ASPECTS = re.compile(r"Collectives differ in the following aspects:\s*(.*)")
-_WATCHDOG = re.compile(r"Watchdog caught collective operation timeout: (WorkNCCL\([^)]*\))")
+_WATCHDOG = re.compile(r"Watchdog caught collective operation timeout: (WorkNCCL\((?:[^()]|\([^()]*\))*\))")
 
 
 def explain_debug_error(text):
@@ -41,9 +41,8 @@ def explain_debug_error(text):
         if call not in calls:
             calls.append(call)
     m = _ASPECTS.search(text)
-    aspects = " ".join(m.group(1).split()).replace("vs", " vs ").replace("Tensor Tensor",
-                                                                         "tensor") if m else ""
-    aspects = " ".join(aspects.split())
+    aspects = re.sub(r"(\S)vs ", r"\1 vs ", " ".join(m.group(1).split())) if m else ""
+    aspects = aspects.replace("Tensor Tensor", "tensor").replace("Op type", "op type")
     return ("TORCH_DISTRIBUTED_DEBUG=DETAIL caught a mismatch between ranks before it could "
             f"hang: {'; '.join(calls)}" + (f" (they differ in: {aspects})" if aspects else ""))
 
