@@ -37,18 +37,6 @@ def _die_with_parent(parent_pid):
     threading.Thread(target=watchdog, daemon=True, name="labsupport-watchdog").start()
 
 
-def _write_result(path, outcome):
-    import torch
-
-    from labsupport.launcher import pickler
-
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(outcome, f, pickle_module=pickler())
-    os.replace(tmp, path)  # atomic: the parent never reads half a result
-
-
-
 def main():
     # The parent handles Ctrl-C (and kills us); a rank printing its own KeyboardInterrupt
     # traceback would only add noise to the cell.
@@ -61,6 +49,7 @@ def main():
     result_path = os.environ["LABSUPPORT_RESULT"]
 
     faulthandler.enable()  # a segfault or abort still leaves a Python stack in the rank's log
+    from labsupport._pickling import write_result
     from labsupport.hangs.record import FINISHED, RUNNING, Recorder
 
     # Before torch's slow import: from here on the parent may ask for our stacks (SIGUSR1).
@@ -106,7 +95,7 @@ def main():
         sys.stderr.flush()
         # Drop this file's own frame: the student's code is what the traceback should show.
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next))
-        _write_result(result_path, ("error", type(exc).__name__, str(exc).split("\n")[0][:500],
+        write_result(result_path, ("error", type(exc).__name__, str(exc).split("\n")[0][:500],
                                     tb, time.time()))
         if store is None:
             os._exit(1)
@@ -118,9 +107,9 @@ def main():
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        _write_result(result_path, ("ok", value))
+        write_result(result_path, ("ok", value))
     except Exception:  # noqa: BLE001 - e.g. a return value that cannot be pickled
-        _write_result(result_path, ("error", "ResultError",
+        write_result(result_path, ("error", "ResultError",
                                     f"rank {rank}'s return value could not be sent back",
                                     traceback.format_exc(), time.time()))
         os._exit(1)

@@ -6,12 +6,13 @@ parts of the course hook these operators, so they decode them here, once:
 
 - the tensor-parallel lab's collective counting (``tensor_parallel.counting``, a
   TorchDispatchMode active while a block runs), and
-- the launcher's record of the calls each rank issued (``labsupport.hangs.record``, a kernel
-  registered in the rank itself), which the hang report reads.
+- the launcher's record of the calls each rank issued (``labsupport.hangs.record``), which the
+  hang report reads. It wraps the ProcessGroup methods behind ``dist.*`` (a dispatcher kernel
+  costs a boxing round trip per call, several times more) and hooks the functional operators.
 """
 from __future__ import annotations
 
-__all__ = ["OPS", "COLLECTIVES", "NAMESPACES", "collective_name", "bind", "handed_tensors",
+__all__ = ["OPS", "COLLECTIVES", "PROCESS_GROUP_METHODS", "NAMESPACES", "collective_name", "bind", "handed_tensors",
            "tensors", "operators"]
 
 # Operator name (c10d::..., _c10d_functional::...) → the collective it performs.
@@ -29,6 +30,23 @@ OPS = {
     "send": "send", "recv_": "recv", "recv_any_source_": "recv", "barrier": "barrier",
 }
 COLLECTIVES = tuple(dict.fromkeys(OPS.values()))  # "all_reduce", "all_gather", ... (fixed order)
+# The ProcessGroup methods behind torch.distributed's Python calls (``dist.all_reduce(t)`` calls
+# ``group.allreduce([t], opts)``): method -> (collective, position of what this rank hands over).
+PROCESS_GROUP_METHODS = {
+    "allreduce": ("all_reduce", 0), "allreduce_coalesced": ("all_reduce", 0),
+    "allgather": ("all_gather", 1), "allgather_coalesced": ("all_gather", 1),
+    "allgather_into_tensor_coalesced": ("all_gather", 1), "_allgather_base": ("all_gather", 1),
+    "all_gather_single": ("all_gather", 1), "all_gather_single_coalesced": ("all_gather", 1),
+    "reduce_scatter": ("reduce_scatter", 1), "_reduce_scatter_base": ("reduce_scatter", 1),
+    "reduce_scatter_single": ("reduce_scatter", 1),
+    "reduce_scatter_single_coalesced": ("reduce_scatter", 1),
+    "reduce_scatter_tensor_coalesced": ("reduce_scatter", 1),
+    "broadcast": ("broadcast", 0), "reduce": ("reduce", 0), "gather": ("gather", 1),
+    "scatter": ("scatter", 0), "alltoall": ("all_to_all", 1), "alltoall_base": ("all_to_all", 1),
+    "all_to_all_single": ("all_to_all", 1), "send": ("send", 0), "recv": ("recv", 0),
+    "recv_anysource": ("recv", 0), "barrier": ("barrier", None),
+    "monitored_barrier": ("barrier", None),
+}
 NAMESPACES = ("c10d", "_c10d_functional", "c10d_functional")
 # The argument holding what this rank hands to the collective (its contribution).
 _INPUT_ARGS = ("input_tensors", "input_tensor", "input_list", "inputs", "input", "tensors")

@@ -34,7 +34,6 @@ import datetime
 import os
 import pickle
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,9 +41,9 @@ import time
 from dataclasses import dataclass, field
 
 from .devices import cpu_count, process_group_backend, resolve_backend
-from .hangs import Monitor, describe_ranks, diagnose
-from .hangs.report import call_text
-from .hangs.debug import explain_debug_error, watchdog_call
+from ._pickling import dump_payload, load_result
+from .hangs import Monitor, describe_ranks
+from .hangs.failure import compose, describe_exit
 from .progress import ParentBar
 
 __all__ = ["launch", "LaunchError"]
@@ -179,7 +178,7 @@ class _Launch:
             payload = os.path.join(self.tmp, "payload.pkl")
             with open(payload, "wb") as f:
                 try:
-                    _dump_payload((self.fn, self.args, self.kwargs), f)
+                    dump_payload((self.fn, self.args, self.kwargs), f)
                 except (pickle.PicklingError, AttributeError, TypeError) as exc:
                     raise ValueError(
                         f"cannot send {getattr(self.fn, '__name__', self.fn)!r} or its arguments "
@@ -291,7 +290,7 @@ class _Launch:
 
     def _load(self, r):
         try:
-            return _load_result(r.result_path)
+            return load_result(r.result_path)
         except Exception as exc:  # noqa: BLE001 - e.g. a class the notebook cannot import
             return ("error", type(exc).__name__,
                     f"rank {r.rank}'s return value could not be loaded in the notebook: {exc}",
@@ -299,7 +298,7 @@ class _Launch:
 
     def _views(self):
         logs = [_read(r.log_path) for r in self.ranks]
-        return self.monitor.views(self.ranks, logs, self.exit_codes, _describe_exit)
+        return self.monitor.views(self.ranks, logs, self.exit_codes, describe_exit)
 
     def _fail(self, failed, stalled_s=None):
         """Stop everything and raise a LaunchError that says where every rank was, and why."""
@@ -310,53 +309,18 @@ class _Launch:
                 self._died(r)
         views = self._views()
         unfinished = [r.rank for r in self.ranks if not _returned_normally(r) or r is failed]
+        finished = [r.rank for r in self.ranks if _returned_normally(r) and r is not failed]
         self._stop_all()
         outputs = self._print_outputs()
-        call = views[failed.rank].current()
-        groups = {name: g for v in views for name, g in v.groups.items()}
-        in_call = f" in {call_text(call, groups)}" if call is not None else ""
-        if stalled_s is not None:
-            tb, timed_out = "", True
-            head = (f"rank {failed.rank} timed out: it waited {stalled_s:.1f} s"
-                    + (in_call or " inside a communication call"))
-        elif failed.rank not in self.exit_codes:
-            _, exc_type, exc_msg, tb = failed.outcome[:4]
-            timed_out = _is_timeout(exc_msg)
-            head = (f"rank {failed.rank} raised {exc_type}: "
-                    f"{explain_debug_error(tb) or exc_msg}" + (in_call if timed_out else ""))
-        else:
-            # No Python traceback (a crash, a signal, NCCL's watchdog): its output is the
-            # evidence -- all of it, since an abort's thread dump pushes the message far up.
-            log = outputs[failed.rank]
-            tb = "\n".join(log.splitlines()[-30:])
-            timed_out = _is_timeout(log)
-            head = (f"rank {failed.rank} died with {_describe_exit(self.exit_codes[failed.rank])}"
-                    " before returning")
-            nccl = watchdog_call(log)
-            if nccl:
-                head += f": NCCL's watchdog timed out {nccl}{in_call} and aborted it"
-                tb = f"{nccl}\n...\n{tb}"
-        lines = [head]
-        if timed_out:
-            lines.append(
-                f"It waited longer than timeout_s={self.timeout_s:g} s inside a collective or "
-                "send/recv: some rank never joined that call (it skipped it, called a different "
-                "one, or is still busy).")
-        diagnosis = diagnose(views)
-        lines += [f"Diagnosis: {d}" for d in diagnosis]
-        report = "\n".join(describe_ranks(views))
-        lines.append("Where each rank was:\n" + _indent(report))
-        others = [r for r in unfinished if r != failed.rank]
-        finished = [r.rank for r in self.ranks if _returned_normally(r) and r is not failed]
-        lines.append(f"Ranks that had not finished: {unfinished}"
-                     + (f"; ranks that returned normally: {finished}" if finished else ""))
-        if others:
-            lines.append(f"Stopped the other unfinished ranks: {others}.")
-        if tb:
-            lines.append(f"\n--- original traceback from rank {failed.rank} ---\n{tb}")
-        raise LaunchError("\n".join(lines), rank=failed.rank, traceback=tb,
-                          unfinished=unfinished, outputs=outputs, timed_out=timed_out,
-                          diagnosis=diagnosis, report=report)
+        evidence = ({"stalled_s": stalled_s} if stalled_s is not None else
+                    {"outcome": failed.outcome} if failed.rank not in self.exit_codes else
+                    {"log": outputs[failed.rank], "exit_code": self.exit_codes[failed.rank]})
+        message, tb, timed_out, diagnosis, report = compose(
+            failed.rank, views, self.timeout_s, unfinished=unfinished, finished=finished,
+            **evidence)
+        raise LaunchError(message, rank=failed.rank, traceback=tb, unfinished=unfinished,
+                          outputs=outputs, timed_out=timed_out, diagnosis=diagnosis,
+                          report=report)
 
     def _reap(self):
         """Released ranks tear down their groups and exit; give them time to, then kill."""
@@ -405,65 +369,7 @@ def _read(path):
         return ""
 
 
-def _indent(text, prefix="  "):
-    return "\n".join(prefix + line for line in text.splitlines())
-
-
-def pickler():
-    """cloudpickle when installed (ships notebook-defined functions by value), else pickle.
-
-    Plain pickle still works for functions a child can import (module-level functions of an
-    importable module): the GPU check machine has torch alone.
-    """
-    try:
-        import cloudpickle
-    except ImportError:
-        return pickle
-    return cloudpickle
-
-
-def _dump_payload(obj, file):
-    """Pickle what the ranks run; with cloudpickle, keep each code object's file name.
-
-    cloudpickle 3 replaces it with "<dynamic-code>", and a rank's traceback or hang report could
-    then not say which notebook cell (or file) a line belongs to.
-    """
-    module = pickler()
-    if module is pickle:
-        return pickle.dump(obj, file)
-    import collections
-    import types
-
-    reduce_code = getattr(module.cloudpickle, "_code_reduce", None)
-    if reduce_code is None:  # another cloudpickle: its own behaviour
-        return module.dump(obj, file)
-
-    def keep_filename(code):
-        rebuild, args = reduce_code(code)
-        return rebuild, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
-
-    class Pickler(module.Pickler):
-        dispatch_table = collections.ChainMap({types.CodeType: keep_filename},
-                                              module.Pickler.dispatch_table)
-
-    Pickler(file, protocol=module.DEFAULT_PROTOCOL).dump(obj)
-
-
-def _load_result(path):
-    import torch
-
-    with open(path, "rb") as f:
-        # Map tensors onto the CPU so a result never initialises CUDA in the notebook's kernel.
-        return torch.load(f, map_location="cpu", weights_only=False)
-
-
 _PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken pipe")
-
-
-def _is_timeout(text):
-    """Does this error text report a collective/send/recv that waited past the group timeout?"""
-    text = text.lower()
-    return "timed out" in text or "watchdog caught collective operation timeout" in text
 
 
 def _blame_order(r):
@@ -471,13 +377,3 @@ def _blame_order(r):
     "a peer went away", then the earliest."""
     message = r.outcome[2].lower()
     return (any(p in message for p in _PEER_GONE), r.outcome[4] if len(r.outcome) > 4 else 0)
-
-
-def _describe_exit(code):
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
-

@@ -151,8 +151,11 @@ def _wrong_op(rank, world_size):
 
 def test_debug_from_the_environment(monkeypatch):
     monkeypatch.setenv("LABSUPPORT_DEBUG", "1")
-    with pytest.raises(LaunchError, match="rank 0 called allreduce #1.*rank 1 called broadcast #1"):
+    with pytest.raises(LaunchError) as info:
         launch(_wrong_op, 2, timeout_s=30)
+    message = str(info.value).splitlines()[0]   # whichever rank raised first is named first
+    assert "rank 0 called allreduce #1" in message and "rank 1 called broadcast #1" in message
+    assert "(they differ in: op type:" in message
 
 
 # -- 4. a collective on the wrong group -----------------------------------------------------------
@@ -194,6 +197,28 @@ def test_rank_raises_while_peers_wait():
     assert (f"rank 1 never entered all_reduce #2 that ranks 0 and 2 wait in (it raised "
             f"KeyError: 'the real cause' at test_hangs.py line {raised})") in err.diagnosis
     assert err.report.count(f"line {call}, in _raise_while_peers_wait") == 2
+
+
+# -- the functional collectives (DTensor's path) are recorded too ---------------------------------
+def _functional_conditional(rank, world_size):
+    import torch.distributed._functional_collectives as funcol
+
+    y = funcol.all_reduce(torch.ones(4), "sum", dist.group.WORLD) + 1   # <- first
+    _stuck(rank)
+    if rank == 0:
+        z = funcol.all_reduce(y, "sum", dist.group.WORLD)   # <- issued
+        z = z * 2                            # <- waits (the result is needed here)
+    return y.tolist()
+
+
+def test_functional_collectives_are_recorded():
+    err = _run_hang(_functional_conditional, 2)
+    issued = _line(_functional_conditional, "<- issued")
+    first = _line(_functional_conditional, "<- first")
+    assert (f"rank 1 never entered all_reduce #2 that rank 0 waits in (it returned, after "
+            f"all_reduce #1 at test_hangs.py line {first})") in err.diagnosis, str(err)
+    assert f"all_reduce #2 was issued at test_hangs.py line {issued}; it waits for it here" \
+        in err.report
 
 
 # -- the parent's own deadline, the NCCL watchdog's message, an interrupt --------------------------

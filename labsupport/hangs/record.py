@@ -14,11 +14,14 @@ Three files per rank, in the launch's temporary folder (:func:`paths`):
   SIGUSR1. It works while the rank is blocked inside a gloo or NCCL wait, which never returns to
   Python (a Python-level signal handler would never run).
 
-How calls are seen: a kernel for each c10d operator (``labsupport.c10d_ops``) registered at the
-dispatcher's BackendSelect key, which every call passes on its way to the backend -- so a call
-is recorded whoever issues it (``dist.*``, ``ProcessGroup`` methods, DTensor's functional
-collectives, DDP), and no other operator pays anything. ``Work.wait`` is wrapped so that time
-spent waiting on an asynchronous call counts as "inside communication" too.
+How calls are seen (the tables are ``labsupport.c10d_ops``, shared with the TP lab's counting):
+every ``dist.*`` call goes through a ``ProcessGroup`` method (``dist.all_reduce(t)`` calls
+``group.allreduce([t], opts)``), which is wrapped here -- a few microseconds per call, nothing for
+any other operator. DTensor's functional collectives, issued from C++, are seen by a kernel at
+the dispatcher's BackendSelect key. ``Work.wait`` is wrapped so that time spent waiting on an
+asynchronous call counts as "inside communication" too. Not seen: collectives that C++ issues
+on its own (DDP's gradient buckets); a hang there still ends at the process group's timeout,
+with every rank's stack.
 """
 from __future__ import annotations
 
@@ -192,34 +195,27 @@ class Recorder:
 
     # -- hooks --------------------------------------------------------------------------------
     def install(self):
-        """Register the c10d kernels and wrap ``Work.wait``."""
+        """Wrap the ProcessGroup methods and ``Work.wait``; hook the functional collectives."""
         import torch
         import torch.distributed as dist
 
-        from ..c10d_ops import OPS, operators
+        from ..c10d_ops import OPS, PROCESS_GROUP_METHODS, operators
 
         self._torch_dist = os.path.join(os.path.dirname(os.path.realpath(torch.__file__)),
                                         "distributed", "")
-        after = torch._C._dispatch_keyset_full_after(torch._C.DispatchKey.BackendSelect)
-        libs = {}
-        # c10d:: only: the functional collectives run through these same operators, so hooking
-        # both namespaces would count one call twice.
-        for namespace, name, overload in operators(("c10d",)):
-            lib = libs.setdefault(namespace, torch.library.Library(namespace, "IMPL"))
-            kernel = self._kernel(COLLECTIVES.index(OPS[name]), overload, after)
-            lib.impl(f"{name}.{overload._overloadname}" if overload._overloadname != "default"
-                     else name, kernel, "BackendSelect", with_keyset=True)
-        wait_tensor = getattr(torch.ops._c10d_functional, "wait_tensor", None)
-        if wait_tensor is not None:  # DTensor's functional collectives block here
-            lib = libs.setdefault("_c10d_functional",
-                                  torch.library.Library("_c10d_functional", "IMPL"))
-            lib.impl("wait_tensor", self._kernel(None, wait_tensor.default, after),
-                     "BackendSelect", with_keyset=True)
-        self._lib = libs  # the registrations live as long as these objects
-
+        self._unbox = dist.ProcessGroup.unbox
+        self._resolve = dist.distributed_c10d._resolve_process_group
+        self._get_ranks = dist.get_process_group_ranks
+        enter, leave, record = self._enter, self._leave, self._record
+        # dist.all_reduce(t) & co. call these methods: a Python wrapper is the cheapest place.
+        for name, (op, handed) in PROCESS_GROUP_METHODS.items():
+            method = getattr(dist.ProcessGroup, name, None)
+            if method is not None:
+                setattr(dist.ProcessGroup, name,
+                        self._wrap(method, COLLECTIVES.index(op), handed, op in ("send", "recv")
+                                   and name != "recv_anysource"))
         work = dist.distributed_c10d.Work
         plain_wait = work.wait
-        enter, leave = self._enter, self._leave
 
         def wait(w, *args, **kwargs):
             enter()
@@ -229,17 +225,41 @@ class Recorder:
                 leave()
 
         work.wait = wait
+        # DTensor and torch.compile issue the functional collectives from C++: a kernel at the
+        # dispatcher's BackendSelect key, which every call passes on its way to the backend.
+        after = torch._C._dispatch_keyset_full_after(torch._C.DispatchKey.BackendSelect)
+        lib = torch.library.Library("_c10d_functional", "IMPL")
+        for namespace, name, overload in operators(("_c10d_functional",)):
+            lib.impl(name if overload._overloadname == "default"
+                     else f"{name}.{overload._overloadname}",
+                     self._kernel(COLLECTIVES.index(OPS[name]), overload, after),
+                     "BackendSelect", with_keyset=True)
+        wait_tensor = getattr(torch.ops._c10d_functional, "wait_tensor", None)
+        if wait_tensor is not None:  # where they block
+            lib.impl("wait_tensor", self._kernel(None, wait_tensor.default, after),
+                     "BackendSelect", with_keyset=True)
+        self._lib = lib  # the registrations live as long as this object
+
+    def _wrap(self, method, op, handed, has_peer):
+        enter, leave, record = self._enter, self._leave, self._record
+
+        def call(group, *args, **kwargs):
+            enter()
+            try:
+                record(op, group, args[handed] if handed is not None and len(args) > handed
+                       else (), args[1] if has_peer and len(args) > 1 else None)
+                return method(group, *args, **kwargs)
+            finally:
+                leave()
+
+        call.__name__ = call.__qualname__ = method.__name__
+        call.__doc__ = method.__doc__
+        return call
 
     def _kernel(self, op, overload, after):
-        """The BackendSelect kernel of one operator: record the call, then pass it on."""
-        from ..c10d_ops import _INPUT_ARGS
+        """The BackendSelect kernel of one functional operator: record, then pass it on."""
+        from ..c10d_ops import bind, handed_tensors
 
-        names = [a.name for a in overload._schema.arguments]
-        handed = next((names.index(n) for n in _INPUT_ARGS if n in names), None)
-        if op is not None and COLLECTIVES[op] == "barrier":
-            handed = None
-        group = names.index("process_group") if "process_group" in names else None
-        peer = next((names.index(n) for n in ("dst", "src", "srcRank") if n in names), None)
         redispatch = overload._handle.redispatch_boxed
         enter, leave, record = self._enter, self._leave, self._record
 
@@ -247,27 +267,22 @@ class Recorder:
             enter()
             try:
                 if op is not None:
-                    record(op, args + tuple(kwargs[n] for n in names[len(args):] if n in kwargs)
-                           if kwargs else args, handed, group, peer)
+                    bound = bind(overload, args, kwargs)
+                    record(op, self._resolve(bound["group_name"]) if "group_name" in bound
+                           else None, handed_tensors(COLLECTIVES[op], bound), None)
                 return redispatch(keyset & after, *args, **kwargs)
             finally:
                 leave()
 
         return kernel
 
-    def _record(self, op, args, i_handed, i_group, i_peer):
-        gid, ranks = self._group(args[i_group]) if i_group is not None else (-1, [])
-        peer = -1
-        if i_peer is not None:
-            local = args[i_peer]
-            if isinstance(local, int) and 0 <= local < len(ranks):
-                peer = ranks[local]
-            key = (gid, peer, op)
-        else:
-            key = gid
+    def _record(self, op, group, handed, local_peer):
+        gid, ranks = self._group(group) if group is not None else (-1, [])
+        peer = ranks[local_peer] if isinstance(local_peer, int) and 0 <= local_peer < len(ranks) \
+            else -1
+        key = (gid, peer, op) if local_peer is not None else gid
         seq = self._seq[key] = self._seq.get(key, 0) + 1
         self.n_ops += 1
-        handed = args[i_handed] if i_handed is not None else ()
         if not isinstance(handed, (list, tuple)):
             handed = (handed,)
         elif handed and isinstance(handed[0], (list, tuple)):  # a list of lists
@@ -276,12 +291,12 @@ class Recorder:
         if handed:
             first = handed[0]
             shape = first.shape
-            ndim = len(shape)
             dims = (tuple(shape[:4]) + (0, 0, 0, 0))[:4]
             did = self._dtypes.get(first.dtype)
             if did is None:
                 did = self._intern(self._dtypes, first.dtype, "D",
                                    str(first.dtype).replace("torch.", ""))
+            ndim = len(shape)
         else:
             did, ndim, dims = -1, 0, (0, 0, 0, 0)
         wid, line = self._caller()
@@ -295,15 +310,15 @@ class Recorder:
         os.write(self._ops_fd, f"{kind}\t{table[key]}\t{fields}\n".encode())
         return table[key]
 
-    def _group(self, script_group):
-        """(id, global ranks) of the call's group."""
-        import torch.distributed as dist
-
-        group = dist.ProcessGroup.unbox(script_group)
+    def _group(self, group):
+        """(id, global ranks) of a ProcessGroup (torch hands the dispatcher a boxed one)."""
         known = self._groups.get(id(group))
         if known is not None and known[0] is group:
             return known[1], known[2]
-        ranks = dist.get_process_group_ranks(group)
+        if not hasattr(group, "group_name"):
+            group = self._unbox(group)
+            return self._group(group)
+        ranks = self._get_ranks(group)
         gid = len(self._groups)
         self._groups[id(group)] = (group, gid, ranks)
         os.write(self._ops_fd, ("G\t%d\t%s\t%s\t%s\n" % (
@@ -314,7 +329,7 @@ class Recorder:
     def _caller(self):
         """(place id, line): the user's line that issued this call, with the torch.distributed
         function it called (``all_reduce``, ``isend``, ...)."""
-        frame = sys._getframe(3)  # 0 this, 1 _record, 2 the kernel, 3 whoever called the op
+        frame = sys._getframe(3)  # 0 this, 1 _record, 2 our wrapper, 3 whoever called it
         api, fallback = "", None
         while frame is not None:
             code = frame.f_code

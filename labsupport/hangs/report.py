@@ -18,7 +18,6 @@ from .stacks import describe, short, source_line, user_frames
 __all__ = ["RankView", "diagnose", "describe_ranks", "call_text", "group_text"]
 
 P2P = ("send", "recv")
-_ASYNC = ("isend", "irecv", "batch_isend_irecv")
 # Collectives whose contributions must agree in shape on every rank.
 _SAME_SHAPE = ("all_reduce", "broadcast", "all_gather", "reduce", "reduce_scatter")
 
@@ -43,14 +42,17 @@ class RankView:
         return frames[-1] if frames else None
 
     def current(self):
-        """The call this rank is inside (waiting, or raised/died in), or None."""
+        """The call this rank is inside (waiting, or raised/died in), or None.
+
+        A waiting rank waits in its last call -- at that call's line, or, for an asynchronous
+        call (``isend``, ``async_op=True``, a functional collective), where it waits for it.
+        """
         if not self.calls or self.state not in ("waiting", "raised", "died"):
             return None
         last, here = self.calls[-1], self.where()
-        if here is not None and (here.file, here.line) == (last.file, last.line):
-            return last  # the line that issued its last call is where it is now
-        if self.state == "waiting" and (here is None or last.api in _ASYNC):
-            return last  # no stack to tell, or waiting on its last asynchronous call
+        if self.state == "waiting" or (here is not None
+                                       and (here.file, here.line) == (last.file, last.line)):
+            return last
         return None
 
     def collectives_on(self, group):
@@ -274,8 +276,9 @@ def describe_ranks(views, max_frames=4):
                 text = source_line(f.file, f.line)
                 if text:
                     lines.append(f"        {text}")
-            if v.state == "waiting" and c is None and v.calls:
-                lines.append(f"    its last call: {v.calls[-1].label()} at {_at(v.calls[-1])}")
+            here = v.where()
+            if c is not None and here is not None and (here.file, here.line) != (c.file, c.line):
+                lines.append(f"    ({c.label()} was issued at {_at(c)}; it waits for it here)")
         lines.append(f"    {_entered(v, groups)}")
     return lines
 
