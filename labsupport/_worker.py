@@ -37,6 +37,25 @@ def _die_with_parent(parent_pid):
     threading.Thread(target=watchdog, daemon=True, name="labsupport-watchdog").start()
 
 
+def _format_traceback(exc):
+    """The traceback the student should see: without this file's frame or the hang recorder's
+    wrappers (they sit between torch.distributed and the ProcessGroup)."""
+    from labsupport.hangs import record
+
+    ours = os.path.abspath(record.__file__)
+
+    def strip(te):
+        te.stack = traceback.StackSummary.from_list(
+            [f for f in te.stack if os.path.abspath(f.filename) != ours])
+        for linked in (te.__cause__, te.__context__):
+            if linked is not None:
+                strip(linked)
+
+    te = traceback.TracebackException(type(exc), exc, exc.__traceback__.tb_next)
+    strip(te)
+    return "".join(te.format())
+
+
 def main():
     # The parent handles Ctrl-C (and kills us); a rank printing its own KeyboardInterrupt
     # traceback would only add noise to the cell.
@@ -48,13 +67,15 @@ def main():
     timeout = datetime.timedelta(seconds=float(os.environ["LABSUPPORT_TIMEOUT_S"]))
     result_path = os.environ["LABSUPPORT_RESULT"]
 
-    faulthandler.enable()  # a segfault or abort still leaves a Python stack in the rank's log
     from labsupport._pickling import write_result
     from labsupport.hangs.record import FINISHED, RUNNING, Recorder
 
-    # Before torch's slow import: from here on the parent may ask for our stacks (SIGUSR1).
+    # Before torch's slow import: from here on the parent may ask for our stacks (SIGUSR1), and
+    # a segfault or abort leaves them too (in the stacks file: the report shows them, and the
+    # rank's own output stays the student's).
     recorder = Recorder(os.environ["LABSUPPORT_TRACE_DIR"], rank)
     recorder.arm_stack_dumps()
+    faulthandler.enable(file=recorder.stacks_file)
 
     import pickle
 
@@ -93,8 +114,7 @@ def main():
         recorder.set_state(FINISHED)
         sys.stdout.flush()
         sys.stderr.flush()
-        # Drop this file's own frame: the student's code is what the traceback should show.
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next))
+        tb = _format_traceback(exc)
         write_result(result_path, ("error", type(exc).__name__, str(exc).split("\n")[0][:500],
                                     tb, time.time()))
         if store is None:

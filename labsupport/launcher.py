@@ -256,7 +256,13 @@ class _Launch:
                     self._fail(r)
             errors = self._collect_results()
             if errors:
-                self._fail(min(errors, key=_blame_order))
+                blamed = min(errors, key=_blame_order)
+                if _blame_order(blamed)[0]:
+                    # Only "a peer went away": the peer that did is the cause -- it may still be
+                    # dying (an abort takes a moment). Blame it once it is gone.
+                    died = self._wait_for_a_death(within_s=_GRACE_S)
+                    blamed = died or blamed
+                self._fail(blamed)
             if all(r.returned for r in self.ranks):
                 self.progress_bar.update()  # rank 0 may have finished its loop since the last look
                 self.store.set("labsupport/release", "1")
@@ -276,6 +282,15 @@ class _Launch:
             return False
         self.exit_codes[r.rank] = code
         return True
+
+    def _wait_for_a_death(self, within_s):
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            for r in self.ranks:
+                if r.proc.poll() is not None and self._died(r):
+                    return r
+            time.sleep(_POLL_S)
+        return None
 
     def _collect_results(self):
         """Load the results that arrived; return the ranks whose result is an error."""

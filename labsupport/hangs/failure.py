@@ -10,6 +10,7 @@ import signal
 
 from .debug import explain_debug_error, watchdog_call
 from .report import call_text, describe_ranks, diagnose
+from .stacks import readable_traceback
 
 __all__ = ["compose", "describe_exit", "is_timeout"]
 
@@ -47,6 +48,7 @@ def compose(rank, views, timeout_s, *, stalled_s=None, outcome=None, log=None, e
                 + (in_call or " inside a communication call"))
     elif outcome is not None:
         _, exc_type, exc_msg, tb = outcome[:4]
+        tb = readable_traceback(tb)
         timed_out = is_timeout(exc_msg)
         head = (f"rank {rank} raised {exc_type}: {explain_debug_error(tb) or exc_msg}"
                 + (in_call if timed_out else ""))

@@ -14,6 +14,7 @@ import time
 
 from .record import (DUMP_SIGNAL, FINISHED, RUNNING, STARTING, create_status, map_status,
                      paths, read_calls, read_status)
+from .debug import explain_debug_error
 from .report import RankView
 from .stacks import frames_from_traceback, main_thread_frames, parse_dump
 
@@ -118,11 +119,13 @@ class Monitor:
                 view.state = "returned"
             elif r.returned and r.outcome:
                 _, exc_type, exc_msg, tb = r.outcome[:4]
-                view.state, view.error = "raised", f"{exc_type}: {exc_msg}"[:200]
+                view.state = "raised"
+                view.error = f"{exc_type}: {explain_debug_error(tb) or exc_msg}"
                 view.frames = frames_from_traceback(tb)
             elif r.rank in exit_codes:
+                # faulthandler wrote its stacks as the rank died (fatal signals: abort, segfault)
                 view.state, view.error = "died", describe_exit(exit_codes[r.rank])
-                view.frames = main_thread_frames(parse_dump(_fatal_part(outputs[r.rank])),
+                view.frames = main_thread_frames(parse_dump(_read(self.files[r.rank]["stacks"])),
                                                  st["main"])
             else:
                 if st["state"] == STARTING:
@@ -133,11 +136,19 @@ class Monitor:
                 elif st["state"] == FINISHED:
                     view.state = "returned"  # its result is on its way
                 view.frames = main_thread_frames(parse_dump(dumps.get(r.rank, "")), st["main"])
+            if _NOT_IN_GROUP in outputs[r.rank]:
+                view.notes.append("torch warned that it called a collective on a group it is "
+                                  "not in, which returns at once and does nothing")
             views.append(view)
         return views
 
 
-def _fatal_part(log):
-    """The stacks faulthandler printed when the rank aborted ("Fatal Python error: ...")."""
-    i = log.rfind("Fatal Python error")
-    return log[i:] if i >= 0 else ""
+_NOT_IN_GROUP = "which does not belong to the given group"
+
+
+def _read(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""

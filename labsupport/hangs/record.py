@@ -124,7 +124,8 @@ def read_calls(files, view=None):
     for (index, op, gid, seq, peer, did, n, ndim, *dims, wid, line) in sorted(slots):
         if index <= 0:
             continue
-        shape = str(tuple(dims[:ndim])) if 0 <= ndim <= 4 else "(...)"
+        shape = ("(scalar)" if ndim == 0 else str(tuple(dims[:ndim])) if ndim <= 4
+                 else f"({', '.join(map(str, dims))}, ...)")
         shapes = "; ".join([shape] * min(n, 2)) + (f"; ... ({n} tensors)" if n > 2 else "")
         group = strings["G"].get(gid, ["?", "", ""])
         file, func, api = strings["W"].get(wid, ["?", "?", ""])
@@ -150,7 +151,7 @@ class Recorder:
         files = paths(folder, rank)
         self.status = map_status(files["status"], write=True)
         self._ops_fd = os.open(files["ops"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._stacks = open(files["stacks"], "w")
+        self.stacks_file = open(files["stacks"], "w")
         self.depth = self.n_ops = self.since = self.running_ns = self.ready = 0
         self.state = STARTING
         self._main = threading.main_thread().ident or 0
@@ -173,7 +174,7 @@ class Recorder:
     def arm_stack_dumps(self):
         """From now on SIGUSR1 makes faulthandler write all threads' stacks (C level)."""
         if DUMP_SIGNAL is not None:
-            faulthandler.register(DUMP_SIGNAL, file=self._stacks, all_threads=True)
+            faulthandler.register(DUMP_SIGNAL, file=self.stacks_file, all_threads=True)
             self.ready = 1
             self._publish()
 

@@ -32,6 +32,7 @@ class RankView:
     groups: dict = field(default_factory=dict)
     waited_s: float | None = None
     error: str = ""             # "KeyError: 'x'", "signal SIGABRT"
+    notes: list = field(default_factory=list)    # what its output says (e.g. torch's warnings)
 
     def user_frames(self):
         return user_frames(self.frames)
@@ -88,7 +89,8 @@ def _fate(view, group, groups, subject="it"):
         "before any collective on that group"
     here = view.where()
     if view.state == "returned":
-        return f"{subject} returned, {last}"
+        notes = "".join(f"; {n}" for n in view.notes)
+        return f"{subject} returned, {last}{notes}"
     if view.state == "raised":
         at = f" at {short(here.file, here.line)}" if here else ""
         return f"{subject} raised {view.error}{at}"
@@ -231,17 +233,18 @@ def _missing(views, groups):
                 fate = "they" + fate[2:]
             found.append(f"{subject} never entered {op} #{seq}{where} that {_ranks(inside)} "
                          f"{'waits' if len(inside) == 1 else 'wait'} in ({fate})")
-    # The same collective on two different groups: the wrong-group bug.
-    ops = {}
-    for group, seq, op in keys:
-        ops.setdefault(op, []).append((group, seq))
-    for op, where in ops.items():
-        if len({g for g, _ in where}) > 1:
-            parts = [f"{_ranks(waiting[(g, s, op)])} on {group_text(g, groups)}"
-                     for g, s in where]
-            found.append(f"the ranks wait in {op} on different groups ({'; '.join(parts)}): "
-                         "each group is a communicator of its own, so these calls never meet "
-                         "-- a collective on the wrong group")
+    # The same collective on two groups whose waiting ranks belong to both: they could have met,
+    # but each group is its own communicator -- the wrong-group bug.
+    for i, (g1, s1, op1) in enumerate(keys):
+        for g2, s2, op2 in keys[i + 1:]:
+            w1, w2 = waiting[(g1, s1, op1)], waiting[(g2, s2, op2)]
+            m1, m2 = groups.get(g1, ("", []))[1], groups.get(g2, ("", []))[1]
+            if op1 == op2 and g1 != g2 and set(w1) <= set(m2) and set(w2) <= set(m1):
+                found.append(
+                    f"the ranks wait in {op1} on different groups ({_ranks(w1)} on "
+                    f"{group_text(g1, groups)}; {_ranks(w2)} on {group_text(g2, groups)}): each "
+                    "group is a communicator of its own, so these calls never meet -- a "
+                    "collective on the wrong group")
     return found
 
 

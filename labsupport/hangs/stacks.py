@@ -20,7 +20,7 @@ import sysconfig
 from dataclasses import dataclass
 
 __all__ = ["Frame", "parse_dump", "main_thread_frames", "user_frames", "is_user_file",
-           "describe", "source_line", "frames_from_traceback"]
+           "describe", "source_line", "frames_from_traceback", "readable_traceback"]
 
 _THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-fA-F]+) \(most recent call first\):")
 _FRAME = re.compile(r'^\s+File "(.*)", line (\d+) in (.*)$')
@@ -124,3 +124,28 @@ def short(file, line):
 def source_line(file, line):
     """The source text of that line ("" when unknown): the kernel's linecache knows its cells."""
     return linecache.getline(file, line).strip()
+
+
+def readable_traceback(text):
+    """A rank's traceback as the notebook would print it: cells named ``Cell In[7]`` and the
+    source lines the rank could not read (it never saw the cell's text) filled in."""
+    lines, out = text.splitlines(), []
+    for i, line in enumerate(lines):
+        m = _TB_FRAME.match(line)
+        if not m or _cell_name(m.group(1)) is None and not _needs_source(lines, i):
+            out.append(line)
+            continue
+        indent = line[:len(line) - len(line.lstrip())]
+        file, lineno, func = m.group(1), int(m.group(2)), m.group(3)
+        out.append(f"{indent}{describe(file, lineno, func)}")
+        if _needs_source(lines, i):
+            source = source_line(file, lineno)
+            if source:
+                out.append(f"{indent}    {source}")
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
+def _needs_source(lines, i):
+    """Is the frame line ``lines[i]`` missing the source line that normally follows it?"""
+    following = lines[i + 1] if i + 1 < len(lines) else ""
+    return not following.startswith("    ") or _TB_FRAME.match(following) is not None
