@@ -355,6 +355,18 @@ def test_a_recv_whose_sender_returned():
         "after all_reduce #1 at ring.py line 4"]
 
 
+def test_a_rank_aborted_by_nccls_watchdog_counts_as_waiting_in_its_last_call():
+    """On NCCL a rank blocks in a later CUDA sync, not in the collective, until the watchdog
+    aborts it: its last recorded call is the one it waited for."""
+    groups = {"0": ("default_pg", [0, 1])}
+    views = [RankView(0, "died", error="signal SIGABRT", stuck=True, groups=groups,
+                      calls=[_call(1, "all_reduce", 1, line=4), _call(2, "all_reduce", 2, line=6)]),
+             RankView(1, "returned", calls=[_call(1, "all_reduce", 1, line=4)], groups=groups)]
+    assert diagnose(views) == [
+        "rank 1 never entered all_reduce #2 that rank 0 waits in (it returned, after "
+        "all_reduce #1 at ring.py line 4)"]
+
+
 def test_detail_mismatch_message_is_rewritten():
     text = ("RuntimeError: Detected mismatch between collectives on ranks. Rank 0 is running "
             "collective: CollectiveFingerPrint(SequenceNumber=2, OpType=ALLREDUCE, "

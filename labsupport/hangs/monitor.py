@@ -14,7 +14,7 @@ import time
 
 from .record import (DUMP_SIGNAL, FINISHED, RUNNING, STARTING, create_status, map_status,
                      paths, read_calls, read_status)
-from .debug import explain_debug_error
+from .debug import explain_debug_error, watchdog_call
 from .report import RankView
 from .stacks import frames_from_traceback, main_thread_frames, parse_dump
 
@@ -125,6 +125,7 @@ class Monitor:
             elif r.rank in exit_codes:
                 # faulthandler wrote its stacks as the rank died (fatal signals: abort, segfault)
                 view.state, view.error = "died", describe_exit(exit_codes[r.rank])
+                view.stuck = bool(watchdog_call(outputs[r.rank]))
                 view.frames = main_thread_frames(parse_dump(_read(self.files[r.rank]["stacks"])),
                                                  st["main"])
             else:

@@ -33,6 +33,11 @@ class RankView:
     waited_s: float | None = None
     error: str = ""             # "KeyError: 'x'", "signal SIGABRT"
     notes: list = field(default_factory=list)    # what its output says (e.g. torch's warnings)
+    stuck: bool = False         # died of NCCL's watchdog timeout: it was waiting when it died
+
+    def waits(self):
+        """Waiting in its last call (or was, until NCCL's watchdog aborted it)."""
+        return self.state == "waiting" or self.stuck
 
     def user_frames(self):
         return user_frames(self.frames)
@@ -51,8 +56,7 @@ class RankView:
         if not self.calls or self.state not in ("waiting", "raised", "died"):
             return None
         last, here = self.calls[-1], self.where()
-        if self.state == "waiting" or (here is not None
-                                       and (here.file, here.line) == (last.file, last.line)):
+        if self.waits() or (here is not None and (here.file, here.line) == (last.file, last.line)):
             return last
         return None
 
@@ -99,7 +103,7 @@ def _fate(view, group, groups, subject="it"):
     if view.state == "starting":
         return f"{subject} had not started yet"
     current = view.current()
-    if view.state == "waiting" and current is not None:
+    if view.waits() and current is not None:
         where = f" on {group_text(current.group, groups)}" if current.group != group else ""
         return f"{subject} waits in {current.label()}{where} at {_at(current)}"
     if here is not None:
@@ -149,7 +153,7 @@ def _p2p(views):
     waits = {}
     for v in views:
         c = v.current()
-        if v.state == "waiting" and c is not None and c.op in P2P and c.peer is not None:
+        if v.waits() and c is not None and c.op in P2P and c.peer is not None:
             waits[v.rank] = c
     found, seen = [], set()
     for start in sorted(waits):
@@ -189,7 +193,7 @@ def _p2p(views):
         if peer is None:
             continue
         pc = peer.current()
-        if peer.state == "waiting" and pc is not None and pc.op in P2P and pc.peer == rank:
+        if peer.waits() and pc is not None and pc.op in P2P and pc.peer == rank:
             continue  # a matched pair that has not completed yet: nothing to say
         verb = "sends to" if c.op == "recv" else "receives from"
         found.append(f"rank {rank} waits in {c.label()}, but rank {c.peer} never {verb} it: "
@@ -202,7 +206,7 @@ def _missing(views, groups):
     waiting = {}
     for v in views:
         c = v.current()
-        if v.state == "waiting" and c is not None and c.op not in P2P:
+        if v.waits() and c is not None and c.op not in P2P:
             waiting.setdefault((c.group, c.seq, c.op), []).append(v.rank)
     found = []
     by_rank = {v.rank: v for v in views}
@@ -218,7 +222,7 @@ def _missing(views, groups):
             if entered:
                 continue  # it entered that call (a mismatch is reported above)
             other = by_rank[m].current()
-            if (by_rank[m].state == "waiting" and other is not None and other.op == op
+            if (by_rank[m].waits() and other is not None and other.op == op
                     and other.group != group):
                 continue  # the same op on another group: the wrong-group line below says it
             absent.setdefault(m, _fate(by_rank[m], group, groups))
