@@ -6,7 +6,7 @@ import os
 import pickle
 import types
 
-__all__ = ["pickler", "dump_payload", "write_result", "load_result"]
+__all__ = ["pickler", "dump_payload", "load_payload", "write_result", "load_result"]
 
 
 def pickler():
@@ -42,6 +42,41 @@ def dump_payload(obj, file):
                                               module.Pickler.dispatch_table)
 
     Pickler(file, protocol=module.DEFAULT_PROTOCOL).dump(obj)
+
+
+def load_payload(file, device=None):
+    """In a rank: unpickle what the parent sent; CUDA tensors land on ``device`` (this rank's GPU).
+
+    A tensor pickles its storage with ``torch.save``, which records the GPU it was on -- cuda:0
+    for a tensor made in the notebook -- and restores it there, whatever the current device: so
+    without this every rank would put the tensors and modules it is handed on GPU 0.
+    """
+    if device is None:
+        return pickle.load(file)
+    restore = restore_on(device)
+
+    def load_from_bytes(data):  # torch.storage._load_from_bytes, with the location remapped
+        import io
+
+        import torch
+
+        return torch.load(io.BytesIO(data), weights_only=False, map_location=restore)
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) == ("torch.storage", "_load_from_bytes"):
+                return load_from_bytes
+            return super().find_class(module, name)
+
+    return Unpickler(file).load()
+
+
+def restore_on(device):
+    """torch.load's ``map_location`` (called once per storage, with its recorded location):
+    storages saved on any GPU go to ``device``; CPU storages stay."""
+    def restore(storage, location):
+        return storage.to(device=device) if location.startswith("cuda") else storage
+    return restore
 
 
 def write_result(path, outcome):

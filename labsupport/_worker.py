@@ -67,7 +67,7 @@ def main():
     timeout = datetime.timedelta(seconds=float(os.environ["LABSUPPORT_TIMEOUT_S"]))
     result_path = os.environ["LABSUPPORT_RESULT"]
 
-    from labsupport._pickling import write_result
+    from labsupport._pickling import load_payload, write_result
     from labsupport.hangs.record import FINISHED, RUNNING, Recorder
 
     # Before torch's slow import: from here on the parent may ask for our stacks (SIGUSR1), and
@@ -76,8 +76,6 @@ def main():
     recorder = Recorder(os.environ["LABSUPPORT_TRACE_DIR"], rank)
     recorder.arm_stack_dumps()
     faulthandler.enable(file=recorder.stacks_file)
-
-    import pickle
 
     import torch
     import torch.distributed as dist
@@ -107,7 +105,8 @@ def main():
         if os.environ.get("LABSUPPORT_HANG_REPORT", "1") != "0":
             recorder.install()
         with open(os.environ["LABSUPPORT_PAYLOAD"], "rb") as f:
-            fn, args, kwargs = pickle.load(f)  # cloudpickle's output is plain pickle data
+            # cloudpickle's output is plain pickle data; CUDA tensors go to this rank's GPU
+            fn, args, kwargs = load_payload(f, device_id)
         recorder.set_state(RUNNING)
         value = fn(rank, world, *args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent

@@ -163,6 +163,28 @@ def test_arguments_are_unpickled_after_the_rank_set_its_device_and_group():
     assert seen == [{"group": (0, 2), "device": "cpu"}, {"group": (1, 2), "device": "cpu"}]
 
 
+def test_a_rank_unpickles_gpu_tensors_onto_its_own_gpu():
+    """torch.save records the GPU a storage was on (cuda:0 in the notebook) and restores it
+    there: the rank's unpickler maps every GPU location to the rank's device, CPU stays CPU."""
+    import io
+
+    from labsupport._pickling import dump_payload, load_payload, restore_on
+
+    class Storage:
+        def to(self, device):
+            return ("moved to", device)
+
+    restore = restore_on("cuda:3")
+    assert restore(Storage(), "cuda:0") == ("moved to", "cuda:3")
+    cpu = Storage()
+    assert restore(cpu, "cpu") is cpu
+    buffer = io.BytesIO()
+    dump_payload((_sum_ranks, (torch.arange(3.0),), {}), buffer)
+    buffer.seek(0)
+    fn, (x,), _ = load_payload(buffer, "cuda:3")   # through the remapping loader
+    assert fn is _sum_ranks and torch.equal(x, torch.arange(3.0)) and x.device.type == "cpu"
+
+
 def test_progress_over_a_generator():
     def loop(rank, world_size):
         return sum(labsupport.progress((i for i in range(4)), desc="gen"))

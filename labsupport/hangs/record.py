@@ -53,6 +53,7 @@ _HEADER_SIZE = 64
 # Slot: index, op, group, seq, peer, dtype, tensors, ndim, 4 dims, place, line.
 _SLOT = struct.Struct("<14q")
 _SIZE = _HEADER_SIZE + RING * _SLOT.size
+_P2P = (COLLECTIVES.index("send"), COLLECTIVES.index("recv"))
 
 
 def paths(folder, rank):
@@ -207,7 +208,7 @@ class Recorder:
         self._unbox = dist.ProcessGroup.unbox
         self._resolve = dist.distributed_c10d._resolve_process_group
         self._get_ranks = dist.get_process_group_ranks
-        enter, leave, record = self._enter, self._leave, self._record
+        enter, leave = self._enter, self._leave
         # dist.all_reduce(t) & co. call these methods: a Python wrapper is the cheapest place.
         for name, (op, handed) in PROCESS_GROUP_METHODS.items():
             method = getattr(dist.ProcessGroup, name, None)
@@ -281,7 +282,7 @@ class Recorder:
         gid, ranks = self._group(group) if group is not None else (-1, [])
         peer = ranks[local_peer] if isinstance(local_peer, int) and 0 <= local_peer < len(ranks) \
             else -1
-        key = (gid, peer, op) if local_peer is not None else gid
+        key = (gid, peer, op) if op in _P2P else gid  # p2p calls are numbered per peer
         seq = self._seq[key] = self._seq.get(key, 0) + 1
         self.n_ops += 1
         if not isinstance(handed, (list, tuple)):
