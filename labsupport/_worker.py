@@ -109,6 +109,11 @@ def main():
             fn, args, kwargs = load_payload(f, device_id)
         recorder.set_state(RUNNING)
         value = fn(rank, world, *args, **kwargs)
+        if device_id is not None:
+            # On NCCL a call returns before the GPU has run it: a collective that only some
+            # ranks entered never completes, and the CPU notices only at a sync. Sync here,
+            # counted as "inside communication", so the parent reports it like any other hang.
+            recorder.wait_for(torch.cuda.synchronize, device_id)
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
         recorder.set_state(FINISHED)
         sys.stdout.flush()

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from labsupport import LaunchError, launch
 from labsupport.hangs.debug import explain_debug_error, watchdog_call
-from labsupport.hangs.record import Call
+from labsupport.hangs.layout import Call
 from labsupport.hangs.report import RankView, diagnose
 from labsupport.hangs.stacks import frames_from_traceback, parse_dump
 

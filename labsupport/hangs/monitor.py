@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from .record import (DUMP_SIGNAL, FINISHED, RUNNING, STARTING, create_status, map_status,
+from .layout import (DUMP_SIGNAL, FINISHED, RUNNING, STARTING, create_status, map_status,
                      paths, read_calls, read_status)
 from .debug import explain_debug_error, watchdog_call
 from .report import RankView

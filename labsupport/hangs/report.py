@@ -278,6 +278,10 @@ def describe_ranks(views, max_frames=4):
         lines.append(f"rank {v.rank}: {head}")
         if v.state not in ("returned", "starting"):
             frames = v.user_frames() or v.frames[-1:]
+            if not v.user_frames() and frames and frames[-1].func == "wait_for":
+                lines.append("    its function returned; it waits for its GPU to finish the "
+                             "NCCL calls queued on it")
+                frames = []
             for f in frames[-max_frames:]:
                 lines.append(f"    {describe(f.file, f.line, f.func)}")
                 text = source_line(f.file, f.line)
