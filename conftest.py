@@ -2,6 +2,11 @@
 
 - Every notebook nbval collects must execute every one of its code cells: a notebook that
   silently did not run is a failure, never a pass (as in PyTorch's tutorial CI).
+- Student notebooks are executed once, by nbval, and that one execution also proves that exactly
+  their exercise and check cells fail: nbval's ``raises-exception`` tag only *allows* an error,
+  so a tagged cell that ran without one (a leaked solution) or failed for another reason than
+  ``NotImplementedError`` is turned into a failure here (``tests/test_student_notebooks.py``
+  checks the tagging itself).
 - Lab markers: an item that runs a lab notebook (an nbval cell of ``NN_*.ipynb``, or a test
   parametrised with such a path) gets the marker ``labNN``, so ``pytest -m lab03`` selects that
   lab's notebooks beside its unit tests (which carry ``pytestmark = pytest.mark.lab03``).
@@ -66,6 +71,29 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+RAISES_TAG = "raises-exception"  # labsupport.course.RAISES_TAG (not imported: conftest stays light)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if call.when != "call" or not _is_nbval(item) or not report.passed:
+        return
+    if RAISES_TAG not in item.cell.metadata.get("tags", []):
+        return  # an untagged cell that raises already fails in nbval
+    errors = [o for o in (item.test_outputs or []) if o.get("output_type") == "error"]
+    if not errors:
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid}: this exercise/check cell is tagged {RAISES_TAG!r} but "
+                           "ran without error: a solution leaked into the student notebook?")
+    elif errors[0].get("ename") != "NotImplementedError":
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid}: this exercise/check cell failed with "
+                           f"{errors[0].get('ename')}: {str(errors[0].get('evalue'))[:300]} — in a "
+                           "fresh student notebook it must fail only as 'not implemented yet'")
 
 
 def pytest_runtest_logreport(report):

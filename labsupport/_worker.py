@@ -37,6 +37,19 @@ def _die_with_parent(parent_pid):
     threading.Thread(target=watchdog, daemon=True, name="labsupport-watchdog").start()
 
 
+def _rank_guard():
+    """A callable to run after ``fn``, from ``LABSUPPORT_RANK_GUARD="module:function"`` (set by
+    ``labs grade``: it checks this rank for tampering), else None. Called before the payload is
+    loaded, so code run by unpickling is watched too."""
+    spec = os.environ.get("LABSUPPORT_RANK_GUARD")
+    if not spec:
+        return None
+    import importlib
+
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)()
+
+
 def _format_traceback(exc):
     """The traceback the student should see: without this file's frame or the hang recorder's
     wrappers (they sit between torch.distributed and the ProcessGroup)."""
@@ -92,6 +105,9 @@ def main():
             # arguments below) belongs on this rank's GPU, not on cuda:0.
             torch.cuda.set_device(rank)
             device_id = torch.device("cuda", rank)
+        if os.environ.get("LABSUPPORT_HANG_REPORT", "1") != "0":
+            recorder.install()  # (before the grader's snapshot: our wrappers are not tampering)
+        guard = _rank_guard()  # (grading) before the payload: code run by unpickling is watched
         store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                               False, timeout=timeout)
         # Rank 0's progress bars report through the parent's store.
@@ -102,8 +118,6 @@ def main():
         dist.init_process_group(process_group_backend(backend),
                                 store=dist.PrefixStore("pg", store), rank=rank,
                                 world_size=world, timeout=timeout, device_id=device_id)
-        if os.environ.get("LABSUPPORT_HANG_REPORT", "1") != "0":
-            recorder.install()
         with open(os.environ["LABSUPPORT_PAYLOAD"], "rb") as f:
             # cloudpickle's output is plain pickle data; CUDA tensors go to this rank's GPU
             fn, args, kwargs = load_payload(f, device_id)
@@ -114,6 +128,8 @@ def main():
             # ranks entered never completes, and the CPU notices only at a sync. Sync here,
             # counted as "inside communication", so the parent reports it like any other hang.
             recorder.wait_for(torch.cuda.synchronize, device_id)
+        if guard is not None:
+            guard()
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
         recorder.set_state(FINISHED)
         sys.stdout.flush()

@@ -13,7 +13,8 @@ import re
 import torch
 
 __all__ = ["CheckFailure", "assert_close", "assert_grads_match", "call_student", "check_function",
-           "explain_mismatch", "explain_rank_error", "launch_check", "not_implemented", "passed"]
+           "explain_mismatch", "explain_rank_error", "is_stub_error", "launch_check", "not_implemented",
+           "passed"]
 
 
 class CheckFailure(AssertionError):
@@ -35,11 +36,21 @@ def call_student(fn, *args, name=None, **kwargs):
     :func:`not_implemented` for exercise ``name`` (default: ``fn.__name__``).
 
     The one place a check calls a student's function; anything else ``fn`` raises propagates.
+    Only the stub's bare ``NotImplementedError()`` means "not implemented yet": one with a
+    message comes from a library the answer called (torch raises it for an op that has no kernel
+    for a dtype, e.g. ``log_softmax`` on integer logits) and is a mistake in the answer.
     """
     try:
         return fn(*args, **kwargs)
-    except NotImplementedError:
+    except NotImplementedError as exc:
+        if not is_stub_error(exc):
+            raise
         raise not_implemented(name or getattr(fn, "__name__", "your function")) from None
+
+
+def is_stub_error(exc):
+    """Is ``exc`` the exercise stub's ``raise NotImplementedError()`` (no message)?"""
+    return isinstance(exc, NotImplementedError) and not str(exc).strip()
 
 
 def _scale_factor(actual, expected):

@@ -58,8 +58,20 @@ def cmd_grade(args):
         return 2
     if not course.lab_paths():
         raise course.BuildError(f"no labs in {course.repo_root() / 'solutions'}: run from the course")
+    if min(args.max_memory_gib, args.max_processes, args.max_file_mib) <= 0:
+        print("labs grade: --max-memory-gib, --max-processes and --max-file-mib must be positive",
+              file=sys.stderr)
+        return 2
+    limits = grading.Limits(memory_bytes=int(args.max_memory_gib * (1 << 30)),
+                            processes=args.max_processes,
+                            file_bytes=int(args.max_file_mib * (1 << 20)))
+    import signal
+
+    # A terminated run still removes its temporary folders and kernels (the finally blocks run).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = grading.grade(paths, timeout_s=args.timeout, cell_timeout_s=args.cell_timeout,
-                            progress=lambda p: print(f"grading {p} ...", flush=True))
+                            progress=lambda p: print(f"grading {p} ...", flush=True),
+                            limits=limits, skip_demos=not args.run_demos)
     print()
     print(grading.format_table(results))
     grading.write_csv(results, args.csv)
@@ -71,6 +83,46 @@ def cmd_check(args):
     from .devices import describe_hardware
 
     describe_hardware()
+    return 0
+
+
+def cmd_plan(args):
+    """Rank the layouts of a model on a cluster by estimated step time (labsupport.planner)."""
+    import json
+
+    from . import planner
+    from .planner import report
+
+    try:
+        model = planner.preset(args.model)
+        if args.seq_len is not None:
+            model = model.with_(seq_len=args.seq_len)
+        cluster = planner.cluster(
+            args.gpu, args.gpus, gpus_per_node=args.gpus_per_node,
+            gpu_memory_gib=args.gpu_mem, peak_tflops=args.peak_tflops,
+            intra_node_GBps=args.intra_node_GBps, inter_node_GBps=args.inter_node_GBps,
+            efficiency=args.efficiency)
+        if args.top < 1:
+            raise ValueError(f"--top must be >= 1, got {args.top}")
+        found = planner.search(model, cluster, args.global_batch, precision=args.precision)
+    except ValueError as exc:
+        print(f"labs plan: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"model": model.as_dict(), "cluster": cluster.as_dict(),
+                          "global_batch": args.global_batch, "layouts": report.rows(found[:args.top]),
+                          "fitting_layouts": len(found)}, indent=2))
+        return 0 if found else 1
+    print(report.describe(model, cluster, args.global_batch))
+    if not found:
+        closest = planner.search(model, cluster, args.global_batch, precision=args.precision,
+                                 include_unfit=True)
+        closest.sort(key=lambda c: c.peak)
+        print(f"\nno layout fits: the smallest peak is {closest[0].peak / 2**30:.1f} GiB "
+              f"({closest[0].layout.label()}); add GPUs, GPU memory or shorten the sequence")
+        return 1
+    print(f"\n{len(found)} layouts fit; the {min(args.top, len(found))} fastest:\n")
+    print(report.table(found[:args.top]))
     return 0
 
 
@@ -86,6 +138,8 @@ def cmd_open(args):
 
 
 def main(argv=None):
+    from .grading.isolation import Limits
+
     parser = argparse.ArgumentParser(prog="labs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -107,10 +161,37 @@ def main(argv=None):
     p.add_argument("--csv", default="grades.csv", help="where to write the grades (default grades.csv)")
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed per notebook")
     p.add_argument("--cell-timeout", type=float, default=120, help="seconds allowed per cell")
+    defaults = Limits()
+    p.add_argument("--max-memory-gib", type=float, default=defaults.memory_bytes / (1 << 30),
+                   help="memory per submission, kernel and ranks together (default %(default)g)")
+    p.add_argument("--max-processes", type=int, default=defaults.processes,
+                   help="processes per submission (default %(default)d)")
+    p.add_argument("--max-file-mib", type=float, default=defaults.file_bytes / (1 << 20),
+                   help="largest file a submission may write (default %(default)g)")
+    p.add_argument("--run-demos", action="store_true",
+                   help="also run demonstration cells (slower; the grades are the same)")
     p.set_defaults(func=cmd_grade)
 
     p = sub.add_parser("check", help="report CPUs, GPUs, the distributed backend and versions")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("plan", help="rank the layouts of a model on a cluster (memory, step time)")
+    p.add_argument("--model", required=True, help="llama2-7b, llama2-13b, llama2-70b or gpt3-175b")
+    p.add_argument("--gpus", type=int, required=True, help="GPUs in all")
+    p.add_argument("--global-batch", type=int, required=True, help="sequences per step")
+    p.add_argument("--seq-len", type=int, help="sequence length (default: the model's)")
+    p.add_argument("--gpu", default="h100", help="GPU preset with datasheet figures: h100 "
+                   "(default), h200, a100, a100-40")
+    p.add_argument("--gpus-per-node", type=int, help="GPUs per node (preset: 8)")
+    p.add_argument("--gpu-mem", type=float, help="GiB per GPU (overrides the preset)")
+    p.add_argument("--peak-tflops", type=float, help="dense peak TFLOP/s per GPU (overrides)")
+    p.add_argument("--intra-node-GBps", type=float, help="GB/s per GPU and direction in a node")
+    p.add_argument("--inter-node-GBps", type=float, help="GB/s per GPU and direction between nodes")
+    p.add_argument("--efficiency", type=float, help="share of the peak the matmuls reach (default 1)")
+    p.add_argument("--precision", default="bf16-mixed", choices=["bf16-mixed", "fp32"])
+    p.add_argument("--top", type=int, default=10, help="how many layouts to print (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("open", help="open the course in JupyterLab")
     p.add_argument("--solutions", action="store_true", help="open the instructor solutions")

@@ -56,6 +56,18 @@ def test_call_student_names_the_unfinished_exercise_and_passes_the_rest_through(
         checks.call_student(lambda: 1 / 0, name="div")
 
 
+def test_a_library_not_implemented_error_is_a_mistake_not_an_unfinished_exercise():
+    import torch.nn.functional as F
+
+    def swapped(logits, labels):  # arguments swapped: torch has no log_softmax for int64
+        return F.cross_entropy(labels, logits)
+    with pytest.raises(NotImplementedError) as info:
+        checks.call_student(swapped, torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), name="loss")
+    assert "not implemented yet" not in str(info.value) and str(info.value)
+    assert checks.is_stub_error(NotImplementedError())
+    assert not checks.is_stub_error(NotImplementedError("log_softmax not implemented for 'Long'"))
+
+
 def test_check_failures_are_assertion_errors():
     assert issubclass(checks.CheckFailure, AssertionError)
     with pytest.raises(checks.CheckFailure, match="differs from the reference"):

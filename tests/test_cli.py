@@ -1,8 +1,10 @@
 """The `labs` command: check, run (on a tiny throw-away course), and clear errors."""
+import json
 import subprocess
 import sys
 
 import nbformat
+import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 
@@ -62,3 +64,59 @@ def test_run_unknown_lab_says_which_labs_exist(tmp_path):
     run = labs("run", "42", cwd=tmp_path)
     assert run.returncode == 2
     assert "no single lab matches '42'" in run.stderr and "99_tiny" in run.stderr
+
+
+# ---- labs plan (labsupport.planner) --------------------------------------------------------
+
+PLAN = ["plan", "--model", "llama2-70b", "--gpus", "64", "--gpus-per-node", "8", "--gpu-mem", "80",
+        "--global-batch", "512", "--seq-len", "4096"]
+
+
+@pytest.mark.lab08
+def test_plan_prints_a_ranked_table():
+    run = labs(*PLAN, "--top", "5")
+    assert run.returncode == 0, run.stderr
+    assert "Llama 2 70B: 68.98B parameters" in run.stdout
+    assert "64 x H100 SXM5 80GB" in run.stdout and "the 5 fastest" in run.stdout
+    table = run.stdout.split("-----\n")[-1]
+    rows = [line for line in table.splitlines() if line[:3].strip().isdigit()]
+    assert len(rows) == 5
+    steps = [float(line.split()[13]) for line in rows]
+    assert steps == sorted(steps)
+
+
+@pytest.mark.lab08
+def test_plan_json_with_overrides(capsys):
+    from labsupport.cli import main
+
+    assert main(PLAN + ["--json", "--gpu", "a100", "--peak-tflops", "300", "--inter-node-GBps",
+                        "12.5", "--top", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["cluster"]["peak_tflops"] == 300 and out["cluster"]["inter_node_GBps"] == 12.5
+    assert out["cluster"]["intra_node_GBps"] == 300  # the A100 preset's NVLink, per direction
+    assert out["model"]["seq_len"] == 4096 and len(out["layouts"]) == 3
+    times = [row["step_time_s"] for row in out["layouts"]]
+    assert times == sorted(times) and all(row["fits"] for row in out["layouts"])
+    assert all(row["memory_gib"]["peak"] <= 0.9 * 80 for row in out["layouts"])
+
+
+@pytest.mark.lab08
+@pytest.mark.parametrize("args,code,message", [
+    (["--gpus", "12"], 2, "do not fill nodes of 8"),
+    (["--model", "llama3"], 2, "unknown model"),
+    (["--gpu", "tpu"], 2, "unknown GPU"),
+    (["--global-batch", "0"], 2, "global_batch must be"),
+    (["--gpus", "8", "--gpu", "a100-40", "--gpu-mem", "40"], 1, "no layout fits"),
+])
+def test_plan_bad_input_and_no_fit(capsys, args, code, message):
+    from labsupport.cli import main
+
+    argv = list(PLAN)
+    for flag, value in zip(args[::2], args[1::2]):
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    assert main(argv) == code
+    captured = capsys.readouterr()
+    assert message in captured.out + captured.err

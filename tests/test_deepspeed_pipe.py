@@ -246,3 +246,123 @@ def test_torchrun_two_processes():
     assert result["stage"] == 0 and result["parts"] == [0, 2, 3]
     ref = dsp.reference_losses(width=128, steps=3)
     assert result["losses"] == pytest.approx(ref, rel=1e-5)
+
+
+def test_partition_balanced_falls_back_to_uniform_with_no_more_layers_than_stages():
+    """Lab 04 §5a: the seed's empty stage comes from the fallback, not from balancing."""
+    from deepspeed.runtime.utils import partition_balanced, partition_uniform
+
+    layers = dsp.seed_layer_specs(64)
+    for stages, parts in [(3, [0, 1, 2, 3]), (4, [0, 1, 2, 3, 3])]:
+        assert dsp.deepspeed_parts(layers, stages) == parts == partition_uniform(3, stages)
+        for weights in ([4160, 0, 4160], [0, 10**6, 0], [1, 1, 1]):  # never read
+            assert [int(b) for b in partition_balanced(weights, stages)] == parts
+    with pytest.raises(ValueError, match=r"leaves stage\(s\) \[1\] without trainable parameters"):
+        dsp.check_every_stage_has_parameters(layers, 3)
+
+
+def _seed_as_written(rank, world_size):
+    """The seed's PipelineModule (no loss_fn), first without a config, then with one."""
+    from labsupport.deepspeed_pipe._ds import init_deepspeed_comm, quiet_deepspeed_logs
+
+    deepspeed = init_deepspeed_comm()
+    quiet_deepspeed_logs()
+    from deepspeed.pipe import PipelineModule
+
+    module = PipelineModule(layers=dsp.seed_layer_specs(64), num_stages=2,
+                            partition_method="parameters")
+    params = [p for p in module.parameters()]
+    try:
+        deepspeed.initialize(model=module, model_parameters=params)
+    except AssertionError as exc:
+        assert str(exc) == "DeepSpeed requires --deepspeed_config to specify configuration file", exc
+    else:
+        raise RuntimeError("deepspeed.initialize accepted no config")
+    engine, *_ = deepspeed.initialize(model=module, model_parameters=params,
+                                      config=dsp.make_config(8, 4))
+    engine.train_batch(data_iter=iter(dsp.make_batches(64, 1, 4, 8)[0]))
+
+
+def test_the_seed_lacks_a_loss_fn_and_a_config():
+    """Lab 04 §3 quotes both of DeepSpeed's messages: this run is where they come from."""
+    from labsupport import LaunchError, launch
+
+    with pytest.raises(LaunchError) as info:
+        launch(_seed_as_written, 2, timeout_s=30)
+    assert info.value.rank == 1  # the last stage, where the "loss" is the (8, 64) output
+    assert ("AssertionError: loss must be a scalar tensor. If you need to pass output gradients, "
+            "backward() of output tensors") in info.value.traceback
+
+
+def test_deepspeed_reads_configs_without_ranks():
+    import torch
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    good = dsp.pipeline_config(64, 8, 4, 2, lr=1e-2)
+    assert good == dsp.make_config(8, 4, dp_size=2, lr=1e-2)
+    assert dsp.deepspeed_batch(good, dp_size=2) == (64, 8, 4)
+    assert dsp.deepspeed_batch({"train_batch_size": 64, "train_micro_batch_size_per_gpu": 8}, 2) == (64, 8, 4)
+    assert dsp.deepspeed_batch({"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 4}, 2) == (64, 8, 4)
+    with pytest.raises(AssertionError, match=r"64 != 8 \* 4 \* 1"):   # DeepSpeed's own words
+        dsp.deepspeed_batch(good, dp_size=1)
+    one = dsp.make_config(8, 4)
+    assert dsp.deepspeed_batch(one, 1) == (DeepSpeedConfig(one).train_batch_size, 8, 4)
+    opt = dsp.deepspeed_optimizer(one, [torch.nn.Parameter(torch.zeros(2))])
+    assert type(opt) is torch.optim.AdamW and opt.param_groups[0]["weight_decay"] == 0.01
+    adam = {**one, "optimizer": {"type": "Adam", "params": {"torch_adam": True, "adam_w_mode": False}}}
+    assert type(dsp.deepspeed_optimizer(adam, [torch.nn.Parameter(torch.zeros(2))])) is torch.optim.Adam
+    with pytest.raises(ValueError, match="FusedAdam"):
+        dsp.deepspeed_optimizer({"optimizer": {"type": "Adam", "params": {}}}, [])
+
+
+@pytest.mark.parametrize("args, words", [
+    ((40, 8, 4, 2, 1e-3), r"a global batch of 40 does not split into micro-batches of 8 on 2 "
+                          r"pipeline replica\(s\): 40 / \(8 × 2\) = 2\.5"),
+    ((24, 8, 3, 2, 1e-3), r"3 ranks cannot be split into pipelines of 2 stages"),
+])
+def test_pipeline_config_refuses_what_does_not_divide(args, words):
+    with pytest.raises(ValueError, match=words):
+        dsp.pipeline_config(*args)
+
+
+def test_classifier_reference_run():
+    import torch
+
+    batches = dsp.class_batches(32, 10, 3, 4, 8)
+    x, y = batches[0][0]
+    assert x.shape == (8, 32) and y.dtype == torch.int64 and 0 <= int(y.min()) <= int(y.max()) < 10
+    assert batches[2] is batches[0] and batches[1] is not batches[0]
+    losses, _ = dsp.classifier_reference_losses(micro_batches=4, micro_batch_size=8, steps=6, lr=1e-2)
+    assert losses[-1] < 0.9 * losses[0]
+    model = dsp.reference_model(dsp.classifier_specs(32, 64, 10))
+    assert [type(m).__name__ for m in model] == [type(m).__name__ for m in dsp.classifier(32, 64, 10)]
+
+
+def test_timed_ms_synchronises_around_the_call(monkeypatch):
+    from labsupport import devices
+    from labsupport.deepspeed_pipe import train
+
+    calls = []
+    monkeypatch.setattr(devices, "synchronize", lambda device: calls.append(("sync", device)))
+    out, ms = train.timed_ms(lambda x: calls.append(("fn", x)) or x + 1, "cuda:3", 41)
+    assert out == 42 and ms >= 0
+    assert calls == [("sync", "cuda:3"), ("fn", 41), ("sync", "cuda:3")]
+
+
+def test_every_clock_read_in_deepspeed_pipe_synchronises():
+    """Issue #19 item 8: a function that reads a clock around work that may run on CUDA also
+    calls ``synchronize`` (directly, or by timing through ``timed_ms``)."""
+    import ast
+    import pathlib
+
+    folder = pathlib.Path(REPO, "labsupport", "deepspeed_pipe")
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            called = {getattr(c.func, "attr", getattr(c.func, "id", None))
+                      for c in ast.walk(node) if isinstance(c, ast.Call)}
+            if called & {"perf_counter", "perf_counter_ns", "time", "monotonic"}:
+                assert called & {"synchronize", "timed_ms"}, f"{path.name}:{node.name} reads a clock unsynchronised"
+            if "train_batch" in called:
+                assert "timed_ms" in called or "synchronize" in called, f"{path.name}:{node.name}"

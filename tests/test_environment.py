@@ -36,7 +36,9 @@ def test_environment_yml_matches_pyproject():
     pip_items = _pip_section(env)
     assert "-e ." in pip_items, "environment.yml must install this package (`-e .`)"
     from_env = sorted(_norm(r) for r in pip_items if r != "-e .")
-    assert from_env == sorted(_norm(r) for r in project["dependencies"])
+    # The dependencies and the `test` extra: a conda user runs the same tests as CI.
+    wanted = project["dependencies"] + project["optional-dependencies"]["test"]
+    assert from_env == sorted(_norm(r.split("#")[0]) for r in wanted)
     assert re.search(r"^\s+- python=3\.1\d\s*$", env, re.M)
     assert "conda-forge" in env
 

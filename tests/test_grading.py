@@ -1,21 +1,28 @@
 """Grading submissions: every way a student notebook can go wrong is graded, none stops the run.
 
 Submissions are made up from a tiny throw-away course (one lab, two exercises, two checks, one of
-them with a hidden test), so these tests don't depend on the real labs; one test grades Lab 00.
+them with a hidden test, one demonstration cell), graded once in one module-scoped run with small
+resource limits, so these tests don't depend on the real labs (tests/test_grading_labs.py grades
+those; tests/test_grading_integrity.py cheating submissions).
 """
 import copy
 import csv
 import os
 import subprocess
 import sys
+import tempfile
 
 import nbformat
+import psutil
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from labsupport import course, grading
+from labsupport.grading import report
 
 CELL_TIMEOUT = 3
+# Small enough to hit quickly, large enough for a bare kernel (about 60 MiB).
+LIMITS = grading.Limits(memory_bytes=768 << 20, processes=24, file_bytes=16 << 20)
 
 DOUBLE = "def double(x):\n    ### BEGIN SOLUTION\n    return BASE * x\n    ### END SOLUTION"
 SQUARE = "def square(x):\n    ### BEGIN SOLUTION\n    return x * x\n    ### END SOLUTION"
@@ -34,12 +41,21 @@ def _cell(source, grade_id, points=None):
     return cell
 
 
+def _demo(source):
+    cell = new_code_cell(source)
+    cell.metadata["labsupport"] = {"role": "demo"}
+    return cell
+
+
 def _solution():
     nb = new_notebook(cells=[
         new_markdown_cell("# Tiny lab"), new_code_cell("BASE = 2"),
         _cell(DOUBLE, "double"), _cell(CHECK_DOUBLE, "check_double", 2),
+        _demo("import time\ntime.sleep(2)  # a slow measurement: grading skips it\nprint('demo')"),
         _cell(SQUARE, "square"), _cell(CHECK_SQUARE, "check_square", 3),
     ])
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"tiny-{i}"
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
 
@@ -48,8 +64,9 @@ def _answer(source):
     return source.replace("    ### BEGIN SOLUTION\n", "").replace("\n    ### END SOLUTION", "")
 
 
-def _submission(double=None, square=None, drop=()):
-    """The student version with the given answers filled in and the cells ``drop`` deleted."""
+def _submission(double=None, square=None, drop=(), edit=None, add=None):
+    """The student version with the given answers filled in, the cells ``drop`` deleted,
+    ``edit`` {cell id: source} applied and ``add`` {cell id: source} inserted after that cell."""
     nb = course.build_student(_solution())
     for cell in nb.cells:
         gid = course.nbgrader_meta(cell).get("grade_id")
@@ -57,8 +74,33 @@ def _submission(double=None, square=None, drop=()):
             cell.source = double
         if gid == "square" and square is not None:
             cell.source = square
+        if edit and cell.get("id") in edit:
+            cell.source = edit[cell["id"]]
     nb.cells = [c for c in nb.cells if course.nbgrader_meta(c).get("grade_id") not in drop]
+    for after, source in (add or {}).items():
+        at = next(i for i, c in enumerate(nb.cells) if c.get("id") == after) + 1
+        nb.cells.insert(at, new_code_cell(source))  # a new cell: a new random id
     return nb
+
+
+FORK_LOOP = """import os, time
+for _ in range(400):  # bounded, for a shared machine; the limit is 24 processes
+    if os.fork() == 0:
+        time.sleep(20)
+        os._exit(0)
+time.sleep(20)"""
+ALLOCATE = """blocks = []
+for _ in range(16):  # at most 4 GiB, for a shared machine; the limit is 768 MiB
+    blocks.append(b"x" * (256 << 20))  # one memset: over the limit well within the cell's 3 s
+import time
+time.sleep(20)"""
+HUGE_FILE = """with open("huge.bin", "wb") as f:
+    for _ in range(64):  # at most 1 GiB; the limit is 16 MiB
+        f.write(bytes(16 << 20))"""
+READ_SOLUTIONS = """import json
+source = json.load(open("../solutions/99_tiny.ipynb"))  # next to the submission? not any more
+def double(x):
+    return 2 * x"""
 
 
 SUBMISSIONS = {
@@ -73,6 +115,17 @@ SUBMISSIONS = {
                                  drop=("check_double",)),
     "exercise_deleted": _submission(_answer(DOUBLE), drop=("square",)),
     "syntax_error": _submission("def double(x)\n    return 2 * x", _answer(SQUARE)),
+    # The student's own cells: an import added to the set-up cell, a helper in a new cell, an
+    # edited demonstration cell (ignored, with a note), a new cell that fails (a note).
+    "own_cells": _submission("def double(x):\n    return twice(x)",
+                             "def square(x):\n    return math.prod([x, x])",
+                             edit={"tiny-1": "BASE = 2\nimport math", "tiny-4": "print('mine')"},
+                             add={"tiny-1": "def twice(x):\n    return BASE * x",
+                                  "tiny-4": "raise ValueError('my scratch cell')"}),
+    "fork_loop": _submission(_answer(DOUBLE), FORK_LOOP),
+    "allocate": _submission(_answer(DOUBLE), ALLOCATE),
+    "huge_file": _submission(_answer(DOUBLE), HUGE_FILE),
+    "read_solutions": _submission(READ_SOLUTIONS, _answer(SQUARE)),
 }
 
 
@@ -97,13 +150,19 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def graded(tiny):
-    cwd = os.getcwd()
+def graded(tiny, tmp_path_factory):
+    cwd, tempdir = os.getcwd(), tempfile.tempdir
     os.chdir(tiny)  # submissions are labelled relative to the current folder
+    tempfile.tempdir = str(tmp_path_factory.mktemp("grading-tmp"))  # where the boxes go
     try:
-        results = grading.grade(["submissions"], root=tiny, timeout_s=60, cell_timeout_s=CELL_TIMEOUT)
+        results = grading.grade(["submissions"], root=tiny, timeout_s=60,
+                                cell_timeout_s=CELL_TIMEOUT, limits=LIMITS)
+        left = os.listdir(tempfile.tempdir)
     finally:
         os.chdir(cwd)
+        tempfile.tempdir = tempdir
+    assert left == [], f"the grader left {left} behind"
+    assert psutil.Process().children(recursive=True) == [], "the grader left processes behind"
     print("\n" + grading.format_table(results))
     by = {}
     for r in results:
@@ -168,13 +227,13 @@ def test_bare_assert_reports_the_failing_line():
     error = {"ename": "AssertionError", "evalue": "", "traceback": [
         "\x1b[0;31mAssertionError\x1b[0m  Traceback",
         "Cell \x1b[0;32mIn[3], line 2\x1b[0m\n      1 x = 1\n\x1b[0;32m----> 2\x1b[0m assert f(2) == 3\n"]}
-    assert grading._one_line(error) == "at: assert f(2) == 3"
+    assert report.one_line(error) == "at: assert f(2) == 3"
 
 
 def test_a_check_failure_reads_as_its_verdict():
     error = {"ename": "CheckFailure", "evalue": "rank 1's Y is 2× too large\nmore", "traceback": []}
-    assert grading._one_line(error) == "rank 1's Y is 2× too large"
-    assert grading._one_line({**error, "ename": "RuntimeError"}).startswith("RuntimeError: rank 1")
+    assert report.one_line(error) == "rank 1's Y is 2× too large"
+    assert report.one_line({**error, "ename": "RuntimeError"}).startswith("RuntimeError: rank 1")
 
 
 def test_deleted_exercise_cell_is_missing(graded):
@@ -196,6 +255,50 @@ def test_notebook_time_limit_kills_the_kernel(tiny):
                                     cell_timeout_s=60)
     assert [(r.status, r.points) for r in rows] == [("timeout", 0), ("timeout", 0)]
     assert "notebook time limit (4 s)" in rows[0].message
+
+
+def test_students_own_cells_run_with_notes_for_what_was_dropped_or_failed(graded):
+    rows = graded["own_cells"]
+    assert _summary(rows) == {"check_double": ("passed", 2), "check_square": ("passed", 3)}
+    assert rows["check_double"].message == ""
+    assert rows["check_square"].message == (
+        "your edits to demonstration cell 6 were not run (grading skips demonstration cells); "
+        "your added cell 7 raised ValueError: my scratch cell")
+
+
+def test_fork_loop_is_killed_and_the_run_goes_on(graded):
+    rows = graded["fork_loop"]
+    assert _summary(rows) == {"check_double": ("passed", 2), "check_square": ("resource limit", 0)}
+    assert "more than 24 processes (in exercise cell 'square')" in rows["check_square"].message
+
+
+def test_unbounded_allocation_is_killed(graded):
+    rows = graded["allocate"]
+    assert _summary(rows) == {"check_double": ("passed", 2), "check_square": ("resource limit", 0)}
+    assert "more than 0.75 GiB of memory (in exercise cell 'square')" in rows["check_square"].message
+
+
+def test_huge_file_is_cut_at_the_file_size_limit(graded):
+    rows = graded["huge_file"]
+    assert _summary(rows) == {"check_double": ("passed", 2), "check_square": ("resource limit", 0)}
+    assert rows["check_square"].message == ("exercise cell 'square' wrote a file larger than the "
+                                            "limit (16 MiB)")
+
+
+def test_solutions_next_to_the_submission_are_out_of_reach(graded):
+    rows = graded["read_solutions"]
+    assert _summary(rows) == {"check_double": ("failed", 0), "check_square": ("passed", 3)}
+    assert "FileNotFoundError" in rows["check_double"].message
+
+
+def test_demonstration_cells_are_skipped_unless_asked(tiny):
+    path = tiny / "submissions" / "correct.ipynb"
+    sub = nbformat.read(path, as_version=4)
+    lab = grading.load_solutions(tiny)[0]
+    kinds = lambda a: [c.metadata["labsupport_grader"].get("label", c.source[:20]) for c in a.nb.cells
+                       if c.metadata["labsupport_grader"]["kind"] != "grader"]  # noqa: E731
+    skipped, full = grading.assemble(lab.nb, sub), grading.assemble(lab.nb, sub, skip_demos=False)
+    assert "cell 4" not in kinds(skipped) and "cell 4" in kinds(full)
 
 
 def test_lab_matched_by_grade_ids_else_file_name(tiny):
@@ -241,24 +344,3 @@ def test_cli_usage_errors_exit_non_zero(tiny):
     assert _labs("grade", cwd=tiny).returncode == 2
     assert _labs("grade", "submissions/correct.ipynb", "--csv", "no/such/dir/g.csv",
                  cwd=tiny).returncode == 2
-
-
-@pytest.mark.lab00
-def test_real_lab_00_with_the_solution_filled_in_gets_full_marks(tmp_path):
-    root = course.repo_root(__file__)
-    solution = nbformat.read(course.find_lab("00", root), as_version=4)
-    student = nbformat.read(course.find_lab("00", root, "notebooks"), as_version=4)
-    answers = {course.nbgrader_meta(c)["grade_id"]: c.source for c in solution.cells
-               if course.is_exercise_cell(c)}
-    for cell in student.cells:
-        if course.is_exercise_cell(cell):
-            cell.source = _answer_all(answers[course.nbgrader_meta(cell)["grade_id"]])
-    nbformat.write(student, tmp_path / "alice_lab00.ipynb")
-    rows = grading.grade_submission(tmp_path / "alice_lab00.ipynb", root=root)
-    assert rows and all(r.status == "passed" and r.points == r.max_points for r in rows), rows
-
-
-def _answer_all(source):
-    """A solution cell as a student would write it: the nbgrader marker lines removed."""
-    return "\n".join(line for line in source.splitlines()
-                     if line.strip() not in (course.BEGIN_SOLUTION, course.END_SOLUTION))

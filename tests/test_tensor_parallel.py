@@ -430,3 +430,63 @@ def test_measurement_kernels():
 def test_link_seconds_uses_one_direction():
     # 900 GB/s total bidirectional → 450 GB/s each way: 450 MB take 1 ms.
     assert measure.link_seconds(450e6, 900) == pytest.approx(1e-3)
+
+
+# --- the vocabulary split (labsupport.tensor_parallel.vocab), used by Lab 07 ------------------------
+
+from labsupport.tensor_parallel import (VocabParallelEmbedding, count_collectives,  # noqa: E402
+                                        padded_vocab_size, vocab_parallel_cross_entropy)
+
+
+def test_padded_vocab_size_is_megatrons_rule():
+    assert padded_vocab_size(50257, 1) == 50304          # GPT-2's vocabulary, Megatron's default
+    assert padded_vocab_size(50257, 8) == 51200          # a multiple of 128·8
+    assert padded_vocab_size(103, 2, divisible_by=8) == 112
+    assert padded_vocab_size(112, 2, divisible_by=8) == 112
+    with pytest.raises(ValueError, match="tp must be a whole number"):
+        padded_vocab_size(103, 0)
+
+
+def _vocab_layers(rank, world_size):
+    torch.manual_seed(0)
+    emb = nn.Embedding(16, 6)
+    ids = torch.randint(0, 16, (3, 5))
+    logits = (3 * torch.randn(3, 5, 16) + 100).requires_grad_()
+    target = torch.randint(0, 16, (3, 5))
+    ref = nn.functional.cross_entropy(logits.double().flatten(0, 1), target.flatten(),
+                                      reduction="none").view(3, 5)
+    (ref.sum()).backward()
+    par_emb = VocabParallelEmbedding.from_dense(emb, rank, world_size)
+    shard = logits.detach().chunk(world_size, -1)[rank].clone().requires_grad_()
+    with count_collectives() as log:
+        out = par_emb(ids)
+        loss = vocab_parallel_cross_entropy(shard, target)
+        loss.sum().backward()
+        out.sum().backward()
+    return {"emb": (out - emb(ids)).abs().max().item(),
+            "loss": (loss.double() - ref).abs().max().item(),
+            "grad": (shard.grad - logits.grad.chunk(world_size, -1)[rank]).abs().max().item(),
+            "emb_grad_rows": par_emb.weight.grad.shape,
+            "calls": [(c.op, c.phase, c.bytes, c.group) for c in log.calls]}
+
+
+def test_vocab_parallel_layers_match_dense_with_three_small_all_reduces():
+    for r in labsupport.launch(_vocab_layers, 2):
+        assert r["emb"] == 0.0 and r["loss"] < 1e-4 and r["grad"] < 1e-6
+        assert r["emb_grad_rows"] == (8, 6)
+        # embedding: one (3, 5, 6) all-reduce forward; loss: three (3, 5) all-reduces forward;
+        # nothing backward; every call on the default group of 2 ranks, none logit-sized
+        assert r["calls"] == [("all_reduce", "forward", 3 * 5 * 6 * 4, (0, 1))] + \
+            [("all_reduce", "forward", 3 * 5 * 4, (0, 1))] * 3
+
+
+def test_vocab_parallel_on_one_process_without_a_group():
+    emb = nn.Embedding(8, 4)
+    par = VocabParallelEmbedding.from_dense(emb, 0, 1)
+    ids = torch.tensor([[1, 7, 0]])
+    assert torch.equal(par(ids), emb(ids)) and par.weight.device == emb.weight.device
+    logits = torch.randn(1, 3, 8, dtype=torch.float64)
+    assert torch.allclose(vocab_parallel_cross_entropy(logits, ids),
+                          nn.functional.cross_entropy(logits[0], ids[0], reduction="none"))
+    with pytest.raises(ValueError, match="vocabulary size 8 is not divisible by world size 3"):
+        VocabParallelEmbedding.from_dense(emb, 0, 3)

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import math
 
+# Korthikanti et al.'s formula and the Lab 05 block's terms live in the torch-free
+# labsupport.formulas.activations (shared with the planner); re-exported here.
+from ..formulas.activations import (  # noqa: F401  (re-exported)
+    korthikanti_bytes, transformer_block_bytes, transformer_block_terms)
+
 
 def predict_mlp_saved_bytes(tokens: int, d: int, h: int, checkpoint_middle: bool,
                             bytes_per_element: int = 4) -> int:
@@ -49,37 +54,3 @@ def best_segments(layers: int, x: float, a: float, g: float = 0.0) -> tuple[int,
     best = min(range(1, layers + 1),
                key=lambda k: (segment_memory(layers, k, x, a, g)["backward_peak"], k))
     return best, math.sqrt(layers * a / x)
-
-
-def korthikanti_bytes(s: int, b: int, h: int, a: int) -> float:
-    """Korthikanti et al. 2022, activations of one transformer layer, fp16 with dropout:
-    s*b*h*(34 + 5*a*s/h) bytes."""
-    return s * b * h * (34 + 5 * a * s / h)
-
-
-def transformer_block_terms(s: int, b: int, h: int, a: int, bytes_per_element: int = 4) -> dict:
-    """What :class:`TransformerBlock` saves for backward, term by term, in bytes.
-
-    Same accounting as Korthikanti et al. but fp32 (4 bytes, not 2) and no dropout (their
-    masks and dropout outputs disappear): total s*b*h*(64 + 4*a*s/h) bytes, plus the
-    LayerNorms' per-token mean and rstd.
-    """
-    e, sbh = bytes_per_element, s * b * h
-    return {
-        "ln1 input (x)": e * sbh,
-        "qkv input (ln1 output)": e * sbh,
-        "Q and K copies for QK^T": 2 * e * sbh,
-        "softmax output [b,a,s,s]": e * a * s * s * b,
-        "V copy for P@V": e * sbh,
-        "proj input (attention context)": e * sbh,
-        "ln2 input (x1)": e * sbh,
-        "fc1 input (ln2 output)": e * sbh,
-        "GELU input (fc1 output, 4h)": 4 * e * sbh,
-        "fc2 input (GELU output, 4h)": 4 * e * sbh,
-        "LayerNorm mean+rstd (2 LNs)": 2 * 2 * e * s * b,
-    }
-
-
-def transformer_block_bytes(s: int, b: int, h: int, a: int, bytes_per_element: int = 4) -> int:
-    """Sum of :func:`transformer_block_terms`: s*b*h*(16 + a*s/h)*e + 4*e*s*b bytes."""
-    return int(sum(transformer_block_terms(s, b, h, a, bytes_per_element).values()))

@@ -34,6 +34,30 @@ def make_config(micro_batch_size=8, micro_batches=4, *, dp_size=1, train_batch_s
     }
 
 
+def pipeline_config(global_batch, micro_batch_size, world_size, stages, lr):
+    """The reference answer of Lab 04's config exercise: a config for ``world_size`` ranks in
+    pipelines of ``stages`` stages training on ``global_batch`` samples per step.
+
+    data-parallel size dp = world_size / stages (each pipeline replica takes global_batch / dp
+    samples), gradient_accumulation_steps m = global_batch / (micro_batch_size × dp): both must be
+    whole numbers, else ValueError (before any process starts) -- rounding either one would train
+    on a different batch than asked. Optimizer: torch's AdamW, weight decay 0.01 (see
+    :func:`make_config`).
+    """
+    if world_size % stages:
+        raise ValueError(f"{world_size} ranks cannot be split into pipelines of {stages} stages: "
+                         "world_size must be a multiple of stages")
+    dp = world_size // stages
+    if global_batch % (micro_batch_size * dp):
+        raise ValueError(
+            f"a global batch of {global_batch} does not split into micro-batches of "
+            f"{micro_batch_size} on {dp} pipeline replica(s): {global_batch} / ({micro_batch_size} "
+            f"× {dp}) = {global_batch / (micro_batch_size * dp):g} micro-batches each; choose a "
+            f"global batch that is a multiple of {micro_batch_size * dp}")
+    return make_config(micro_batch_size, global_batch // (micro_batch_size * dp), dp_size=dp,
+                       lr=lr)
+
+
 def explain_batch_config(config, world_size, stages):
     """One line saying why the config's batch sizes do not add up (None when they do)."""
     if world_size % stages:

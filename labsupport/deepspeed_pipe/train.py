@@ -9,6 +9,8 @@ accumulate over the m micro-batches, then every stage steps its own optimizer on
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 
 import torch
@@ -34,6 +36,20 @@ def make_batches(width, steps, micro_batches, micro_batch_size, seed=0, distinct
         xs = [torch.randn(micro_batch_size, width, generator=gen) for _ in range(micro_batches)]
         pool.append([(x, torch.tanh(x @ teacher)) for x in xs])
     return [pool[k % distinct] for k in range(steps)]
+
+
+def timed_ms(fn, device, *args, **kwargs):
+    """``(fn(*args, **kwargs), milliseconds)`` with ``device``'s queued work finished on both
+    sides of the clock (:func:`labsupport.devices.synchronize`: a no-op on the CPU). On a GPU an
+    engine call returns once its kernels are *queued*: without the second synchronisation the
+    time would end early, without the first it would include work queued before."""
+    from ..devices import synchronize
+
+    synchronize(device)
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    synchronize(device)
+    return out, (time.perf_counter() - start) * 1e3
 
 
 def _record_passes(engine, events, step_box):
@@ -72,15 +88,23 @@ def _record_passes(engine, events, step_box):
 
 def train_pipeline(rank, world_size, *, layers=None, width=1024, num_stages=None,
                    partition_method="parameters", micro_batch_size=8, micro_batches=4, steps=8,
-                   lr=1e-3, base_seed=1234, data_seed=0, config=None):
+                   lr=1e-3, base_seed=1234, data_seed=0, config=None, loss_fn=None, batches=None,
+                   verbose=True):
     """What every rank runs: PipelineModule → deepspeed.initialize → engine.train_batch × steps.
 
+    ``loss_fn(outputs, labels)`` (default ``nn.MSELoss()``) is what the last stage computes per
+    micro-batch; ``batches[step][mb] = (x, labels)`` defaults to :func:`make_batches` (the seed's
+    regression data for ``width``). ``verbose=False`` keeps DeepSpeed's partition printout
+    (rank 0's stage/layer list) out of the rank's output.
+
     Returns (per rank): dict with ``stage``, ``losses`` (the batch loss train_batch returns, the
-    same on every stage), ``step_ms`` (wall time of each train_batch), ``events`` (timed F/B
-    passes), ``parts``, ``local_layers``, ``local_params``, ``optimizer`` (class name and its
-    weight decay: what DeepSpeed really built), ``backend`` ('gloo' or 'nccl': what the ranks
-    really talked over, which sets how closely the loss can match a CPU reference).
+    same on every stage), ``step_ms`` (wall time of each train_batch, the device synchronised
+    around it), ``events`` (timed F/B passes), ``parts``, ``local_layers``, ``local_params``,
+    ``optimizer`` (class name and its weight decay: what DeepSpeed really built), ``backend``
+    ('gloo' or 'nccl': what the ranks really talked over, which sets how closely the loss can
+    match a CPU reference).
     """
+    from ..devices import rank_device
     from ._ds import comm_backend, init_deepspeed_comm, quiet_deepspeed_logs
 
     deepspeed = init_deepspeed_comm()  # on top of launch's group; skips the shm-op build
@@ -90,24 +114,27 @@ def train_pipeline(rank, world_size, *, layers=None, width=1024, num_stages=None
     layers = seed_layer_specs(width) if layers is None else layers
     # seed_layers: layer i is built right after seed_fn(base_seed + i), whichever stage builds
     # it, so the single-process reference can rebuild the very same weights.
-    module = PipelineModule(layers=layers, num_stages=num_stages or world_size,
-                            partition_method=partition_method, loss_fn=nn.MSELoss(),
-                            seed_layers=True, seed_fn=torch.manual_seed, base_seed=base_seed)
+    with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
+        module = PipelineModule(layers=layers, num_stages=num_stages or world_size,
+                                partition_method=partition_method,
+                                loss_fn=nn.MSELoss() if loss_fn is None else loss_fn,
+                                seed_layers=True, seed_fn=torch.manual_seed, base_seed=base_seed)
     if config is None:
         config = make_config(micro_batch_size, micro_batches,
                              dp_size=world_size // (num_stages or world_size), lr=lr)
     engine, optimizer, _, _ = deepspeed.initialize(
         model=module, model_parameters=[p for p in module.parameters() if p.requires_grad],
         config=config)
-    batches = make_batches(width, steps, engine.micro_batches, engine.micro_batch_size, data_seed)
+    if batches is None:
+        batches = make_batches(width, steps, engine.micro_batches, engine.micro_batch_size,
+                               data_seed)
     events, step_box = [], [0]
     _record_passes(engine, events, step_box)
-    losses, step_ms = [], []
+    losses, step_ms, device = [], [], rank_device()
     for step in range(steps):
         step_box[0] = step
-        start = time.perf_counter()
-        loss = engine.train_batch(data_iter=iter(batches[step]))
-        step_ms.append((time.perf_counter() - start) * 1e3)
+        loss, ms = timed_ms(engine.train_batch, device, data_iter=iter(batches[step]))
+        step_ms.append(ms)
         losses.append(float(loss.detach()))
     opt = engine.optimizer
     return {"rank": rank, "stage": engine.stage_id, "losses": losses, "step_ms": step_ms,
@@ -161,21 +188,27 @@ def reference_optimizer(params, lr=1e-3):
 
 
 def reference_losses(layers=None, width=1024, micro_batch_size=8, micro_batches=4, steps=8,
-                     lr=1e-3, base_seed=1234, data_seed=0, make_optimizer=None):
+                     lr=1e-3, base_seed=1234, data_seed=0, make_optimizer=None, loss_fn=None,
+                     batches=None):
     """Single-process training on the same data: batch loss per step (mean over micro-batches).
 
     ``make_optimizer(params, lr)`` defaults to :func:`reference_optimizer` (DeepSpeed's AdamW);
     pass e.g. ``lambda p, lr: torch.optim.Adam(p, lr=lr)`` to see the mismatch a wrong guess gives.
+    ``loss_fn`` (default mean squared error) and ``batches`` (default :func:`make_batches`) as
+    in :func:`train_pipeline`.
 
     DeepSpeed scales each micro-batch's loss by 1/m before backward (gradient accumulation), so
     the accumulated gradient is that of the mean micro-batch loss — what this computes at once.
     """
     model = reference_model(layers, width, base_seed)
     opt = (make_optimizer or reference_optimizer)([p for p in model.parameters() if p.requires_grad], lr)
+    loss_fn = nn.functional.mse_loss if loss_fn is None else loss_fn
+    if batches is None:
+        batches = make_batches(width, steps, micro_batches, micro_batch_size, data_seed)
     losses = []
-    for batch in make_batches(width, steps, micro_batches, micro_batch_size, data_seed):
+    for batch in batches[:steps]:
         opt.zero_grad()
-        loss = sum(nn.functional.mse_loss(model(x), y) for x, y in batch) / len(batch)
+        loss = sum(loss_fn(model(x), y) for x, y in batch) / len(batch)
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))

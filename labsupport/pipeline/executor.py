@@ -74,7 +74,7 @@ def pipeline_links(stages: int, peers=None, device=None) -> dict:
 
 def run_stage(module: nn.Module, batch: torch.Tensor, targets: torch.Tensor, microbatches: int,
               actions, *, stage: int, stages: int, in_shape=None, out_shape=None,
-              loss_fn=None, peers=None, links=None) -> dict:
+              loss_fn=None, peers=None, links=None, act_dtype=None) -> dict:
     """Run one training step of one pipeline stage on this rank; return its measured events.
 
     Args:
@@ -90,6 +90,8 @@ def run_stage(module: nn.Module, batch: torch.Tensor, targets: torch.Tensor, mic
         peers: global ranks of the stages (default: stage s is rank s).
         links: ``pipeline_links(stages, peers)``; None sends everything on the default group
             (enough for gloo, which matches messages by tag; NCCL needs the links).
+        act_dtype: dtype of the activations and gradients between stages (default: the
+            batch's; give it when stage 0's input is not floating point, e.g. token ids).
 
     Returns:
         dict with ``records`` (one per pass: stage, kind, microbatch, start, end in ns),
@@ -122,7 +124,7 @@ def run_stage(module: nn.Module, batch: torch.Tensor, targets: torch.Tensor, mic
             shape, src, group = out_shape, stage + 1, links["B"][stage]
         else:
             return
-        buf = torch.empty(shape, dtype=batch.dtype, device=device)
+        buf = torch.empty(shape, dtype=act_dtype or batch.dtype, device=device)
         posted[k] = (buf, dist.irecv(buf, src=peers[src], group=group, tag=i))
 
     def receive(k):
@@ -150,14 +152,19 @@ def run_stage(module: nn.Module, batch: torch.Tensor, targets: torch.Tensor, mic
                 losses[i] = loss_fn(y, targets[i * mb_size:(i + 1) * mb_size]) / microbatches
             inputs[i], outputs[i] = x, y
             send, peer, group = y.detach(), stage + 1, None if last else links["F"][stage]
+            # Only inputs/outputs (until B) and losses may hold a micro-batch: a local name
+            # would keep it -- and through its graph the received input -- a pass longer.
+            del x, y
         else:
             if not last:  # d(loss)/d(our output) from stage s+1
                 grad = receive(k)
             sync()
             start = time.perf_counter_ns()
             if last:
-                losses[i].backward()
-                total_loss = losses[i].detach() + (0 if total_loss is None else total_loss)
+                loss = losses.pop(i)  # its graph holds the received input: drop it after B
+                loss.backward()
+                total_loss = loss.detach() + (0 if total_loss is None else total_loss)
+                del loss
             else:
                 outputs[i].backward(grad)
             send, peer, group = inputs.pop(i).grad, stage - 1, None if first else links["B"][stage - 1]

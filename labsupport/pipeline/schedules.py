@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..formulas.pipeline import check_sizes  # noqa: F401  (one check, shared with the formulas)
+
 SCHEDULES = ("gpipe", "1f1b", "interleaved", "zb-h1")
 KINDS = ("F", "B", "W")
 
@@ -71,19 +73,6 @@ def normalize_schedule_name(schedule: str) -> str:
             f"unknown schedule {schedule!r}: choose one of {', '.join(repr(s) for s in SCHEDULES)}"
         )
     return name
-
-
-def check_sizes(stages, microbatches, chunks=1) -> None:
-    """Raise ValueError unless stages, microbatches and chunks are integers >= 1."""
-    for name, value, fix in (
-        ("stages", stages, "a pipeline needs at least one stage"),
-        ("microbatches", microbatches, "split the batch into at least one micro-batch"),
-        ("chunks", chunks, "use chunks=1 for no interleaving, 2 or more to interleave"),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be a whole number, got {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}: {fix}")
 
 
 def gpipe(stages: int, microbatches: int) -> list[list[Action]]:

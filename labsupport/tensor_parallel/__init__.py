@@ -5,6 +5,8 @@
   and all-gather/scatter along the last dim, as autograd functions.
 - ``layers``: ColumnParallelLinear, RowParallelLinear, ParallelMLP (+ the dense reference MLP).
 - ``attention``: ParallelAttention (heads split over ranks) and the reference Attention.
+- ``vocab``: VocabParallelEmbedding and vocab_parallel_cross_entropy (the vocabulary split
+  over ranks, Megatron's three all-reduces; logits never gathered), padded_vocab_size.
 - ``counting``: ``count_collectives()`` -- which collectives ran, forward or backward, how big.
 - ``comm_bytes``: loopback byte counters and the all-gather / ring all-reduce formulas.
 - ``torch_tp``: the same MLP via torch.distributed.tensor.parallel, as an oracle.
@@ -37,6 +39,8 @@ from .counting import CollectiveCall, CollectiveLog, count_collectives
 from .functional import column_parallel_matmul, column_shard, row_parallel_matmul, row_shard
 from .layers import MLP, ColumnParallelLinear, ParallelMLP, RowParallelLinear
 from .torch_tp import torch_parallel_mlp
+from .vocab import (VocabParallelCrossEntropy, VocabParallelEmbedding, padded_vocab_size,
+                    vocab_parallel_cross_entropy)
 
 __all__ = [
     "column_parallel_matmul", "row_parallel_matmul", "column_shard", "row_shard",
@@ -49,4 +53,6 @@ __all__ = [
     "loopback_bytes", "LoopbackCounters", "all_gather_bytes", "reduce_scatter_bytes",
     "ring_all_reduce_bytes",
     "torch_parallel_mlp",
+    "VocabParallelEmbedding", "VocabParallelCrossEntropy", "vocab_parallel_cross_entropy",
+    "padded_vocab_size",
 ]

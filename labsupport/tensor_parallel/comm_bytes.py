@@ -10,6 +10,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+# The formulas live in the torch-free labsupport.formulas.collectives (shared with the planner).
+from ..formulas.collectives import all_gather_bytes, reduce_scatter_bytes, ring_all_reduce_bytes
+
+__all__ = ["LoopbackCounters", "loopback_bytes", "all_gather_bytes", "reduce_scatter_bytes",
+           "ring_all_reduce_bytes"]
+
 
 class LoopbackCounters(NamedTuple):
     rx_bytes: int
@@ -31,20 +37,3 @@ def loopback_bytes(path: str = "/proc/net/dev") -> LoopbackCounters | None:
             # Columns: 8 receive fields (bytes first), then 8 transmit fields (bytes first).
             return LoopbackCounters(rx_bytes=int(values[0]), tx_bytes=int(values[8]))
     return None
-
-
-def all_gather_bytes(n_bytes: float, world_size: int) -> float:
-    """Bytes each rank receives (and sends) to all-gather a result of ``n_bytes`` total:
-    it already holds its own 1/t, so it receives the other (t-1)/t·N."""
-    return (world_size - 1) / world_size * n_bytes
-
-
-def reduce_scatter_bytes(n_bytes: float, world_size: int) -> float:
-    """Bytes each rank sends (and receives) in a ring reduce-scatter of an N-byte tensor: (t-1)/t·N."""
-    return (world_size - 1) / world_size * n_bytes
-
-
-def ring_all_reduce_bytes(n_bytes: float, world_size: int) -> float:
-    """Bytes each rank sends (and receives) in a ring all-reduce of an N-byte tensor:
-    a reduce-scatter then an all-gather, 2(t-1)/t·N -- almost 2N for large t, not t·N."""
-    return 2 * (world_size - 1) / world_size * n_bytes

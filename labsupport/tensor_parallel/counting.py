@@ -18,6 +18,7 @@ an independent oracle for our counts.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -30,12 +31,18 @@ from ..c10d_ops import bind, collective_name, handed_tensors
 class CollectiveCall:
     """One collective call: ``op`` (e.g. "all_reduce"), ``phase`` ("forward"/"backward"),
     ``bytes`` this rank handed to it (for all-gather: its shard; for all-reduce: the whole
-    tensor), ``shapes`` of those tensors and the raw operator name."""
+    tensor), ``shapes`` of those tensors and the raw operator name. ``group``: the global ranks
+    of the process group it ran on (None if unknown). ``start``/``end``: ``perf_counter_ns``
+    around the call when recorded with ``count_collectives(timed=True)`` (``end`` None for
+    send/recv and async calls, which finish later)."""
     op: str
     phase: str
     bytes: int
     shapes: list
     operator: str
+    group: tuple | None = None
+    start: int | None = None
+    end: int | None = None
 
 
 @dataclass
@@ -76,10 +83,27 @@ def _dtensor_type():
     return DTensor
 
 
+def _group_ranks(bound) -> tuple | None:
+    """Global ranks of the process group a c10d / functional collective ran on."""
+    import torch.distributed as dist
+
+    pg = bound.get("process_group", bound.get("group_name"))
+    try:
+        if isinstance(pg, str):
+            from torch.distributed.distributed_c10d import _resolve_process_group
+            pg = _resolve_process_group(pg)
+        elif pg is not None and not isinstance(pg, dist.ProcessGroup):
+            pg = dist.ProcessGroup.unbox(pg)
+        return tuple(dist.get_process_group_ranks(pg)) if pg is not None else None
+    except (RuntimeError, ValueError, AttributeError, TypeError):
+        return None
+
+
 class _CollectiveRecorder(TorchDispatchMode):
-    def __init__(self, log: CollectiveLog):
+    def __init__(self, log: CollectiveLog, timed: bool = False):
         super().__init__()
         self.log = log
+        self.timed = timed
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -91,25 +115,51 @@ class _CollectiveRecorder(TorchDispatchMode):
             return NotImplemented
         op = collective_name(func)
         if op is not None:
-            self._record(func, op, args, kwargs)
+            call = self._record(func, op, args, kwargs)
+            if self.timed:
+                return self._timed(func, call, args, kwargs)
         return func(*args, **kwargs)
 
     def _record(self, func, op, args, kwargs):
-        tensors = handed_tensors(op, bind(func, args, kwargs))
+        bound = bind(func, args, kwargs)
+        tensors = handed_tensors(op, bound)
         phase = "backward" if torch._C._current_graph_task_id() != -1 else "forward"
-        self.log.calls.append(CollectiveCall(
+        call = CollectiveCall(
             op=op, phase=phase, bytes=sum(t.numel() * t.element_size() for t in tensors),
-            shapes=[tuple(t.shape) for t in tensors], operator=str(func._schema.name)))
+            shapes=[tuple(t.shape) for t in tensors], operator=str(func._schema.name),
+            group=_group_ranks(bound))
+        self.log.calls.append(call)
+        return call
+
+    def _timed(self, func, call, args, kwargs):
+        # A c10d op only enqueues the work; a synchronous caller (async_op=False) waits for
+        # it right after, so waiting here changes nothing and times the real collective.
+        bound = bind(func, args, kwargs)
+        call.start = time.perf_counter_ns()
+        out = func(*args, **kwargs)
+        if bound.get("async_op", True) is False:
+            work = out[-1] if isinstance(out, (tuple, list)) else out
+            try:
+                import torch.distributed as dist
+                dist.Work.unbox(work).wait()
+                call.end = time.perf_counter_ns()
+            except (RuntimeError, AttributeError, TypeError):
+                pass
+        return out
 
 
 @contextlib.contextmanager
-def count_collectives():
+def count_collectives(timed: bool = False):
     """Record every collective issued (on this rank) while the block runs.
 
+    Args:
+        timed: also record ``perf_counter_ns`` start and end of each synchronous collective
+            (the recorder waits for it, as its caller would right after).
+
     Yields:
-        CollectiveLog: ``.calls`` (op, phase, bytes, shapes), ``.count(op, phase)``,
+        CollectiveLog: ``.calls`` (op, phase, bytes, shapes, group), ``.count(op, phase)``,
         ``.bytes(op, phase)``, ``.by_op()``, ``.by_phase()``.
     """
     log = CollectiveLog()
-    with _CollectiveRecorder(log):
+    with _CollectiveRecorder(log, timed):
         yield log
