@@ -238,6 +238,26 @@ def test_parent_ends_a_wait_that_has_no_timeout_of_its_own():
     assert f"line {_line(_wait_for_ever, '<- wait')}, in _wait_for_ever" in err.report
 
 
+def _busy_peer(rank, world_size):
+    _stuck(rank)
+    if rank == 0:
+        dist.all_reduce(torch.ones(1))       # <- waits
+    else:
+        while True:                          # <- busy
+            time.sleep(0.05)                 # still running its own code: it might yet join
+
+
+def test_a_busy_peer_defers_to_the_groups_own_timeout():
+    """The parent ends a launch only when no rank runs its own code any more; a rank that
+    never stops is ended by the process group's timeout (timeout_s + 3 s), with the report."""
+    err = _run_hang(_busy_peer, 2, timeout_s=2)
+    busy = _line(_busy_peer, "<- busy") + 1
+    assert err.rank == 0 and err.timed_out and str(err).startswith("rank 0 raised RuntimeError")
+    assert err.diagnosis == [
+        f"rank 1 never entered all_reduce #1 that rank 0 waits in (it is running "
+        f"test_hangs.py line {busy}, outside any collective)"], str(err)
+
+
 def _watchdog_abort(rank, world_size):
     if rank == 0:
         # What NCCL's watchdog leaves when a collective outlives the timeout: its message,

@@ -15,6 +15,7 @@ import time
 from .layout import (DUMP_SIGNAL, FINISHED, RUNNING, STARTING, create_status, map_status,
                      paths, read_calls, read_status)
 from .debug import explain_debug_error, watchdog_call
+from .failure import is_timeout
 from .report import RankView
 from .stacks import frames_from_traceback, main_thread_frames, parse_dump
 
@@ -44,10 +45,15 @@ class Monitor:
 
     def stalled(self, timeout_s, alive):
         """(rank, seconds) of the rank longest inside one communication call, once that is
-        longer than ``timeout_s``; else None. ``alive[r]``: rank r runs and has not finished."""
+        longer than ``timeout_s`` and every other unfinished rank waits too (or has ended);
+        else None. ``alive[r]``: rank r runs and has not finished."""
         now = time.monotonic_ns()
         states = [self.status(r) for r in range(len(self._maps))]
-        if any(alive[r] and s["state"] == STARTING for r, s in enumerate(states)):
+        if any(alive[r] and (s["state"] == STARTING or s["state"] == RUNNING and not s["depth"])
+               for r, s in enumerate(states)):
+            # Some rank still runs its own code (or starts): it may yet join -- on a busy machine
+            # a rank can lose the CPU for seconds. A rank that never stops running is ended by
+            # the process groups' own timeout, a few seconds later.
             return None
         start = max(s["running_ns"] for s in states)
         worst = None
@@ -121,6 +127,7 @@ class Monitor:
                 _, exc_type, exc_msg, tb = r.outcome[:4]
                 view.state = "raised"
                 view.error = f"{exc_type}: {explain_debug_error(tb) or exc_msg}"
+                view.stuck = is_timeout(exc_msg)  # its group's own timeout: it was waiting
                 view.frames = frames_from_traceback(tb)
             elif r.rank in exit_codes:
                 # faulthandler wrote its stacks as the rank died (fatal signals: abort, segfault)

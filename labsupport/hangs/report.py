@@ -33,7 +33,7 @@ class RankView:
     waited_s: float | None = None
     error: str = ""             # "KeyError: 'x'", "signal SIGABRT"
     notes: list = field(default_factory=list)    # what its output says (e.g. torch's warnings)
-    stuck: bool = False         # died of NCCL's watchdog timeout: it was waiting when it died
+    stuck: bool = False         # ended by a timeout (the group's, NCCL's watchdog) while waiting
 
     def waits(self):
         """Waiting in its last call (or was, until NCCL's watchdog aborted it)."""
