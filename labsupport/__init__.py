@@ -7,7 +7,8 @@ Heavy optional packages (DeepSpeed, Jupyter, ipywidgets, matplotlib) are importe
 ``import labsupport`` needs torch alone.
 """
 from .devices import describe_hardware, hardware_report
-from .launcher import LaunchError, launch, progress
+from .launcher import LaunchError, launch
+from .progress import progress
 
 __all__ = ["launch", "LaunchError", "progress", "describe_hardware", "hardware_report"]
 __version__ = "0.1.0"

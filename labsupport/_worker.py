@@ -50,32 +50,23 @@ def _rank_guard():
     return getattr(importlib.import_module(module), name)()
 
 
-def _write_result(path, outcome):
-    import torch
+def _format_traceback(exc):
+    """The traceback the student should see: without this file's frame or the hang recorder's
+    wrappers (they sit between torch.distributed and the ProcessGroup)."""
+    from labsupport.hangs import record
 
-    from labsupport.launcher import pickler
+    ours = os.path.abspath(record.__file__)
 
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(outcome, f, pickle_module=pickler())
-    os.replace(tmp, path)  # atomic: the parent never reads half a result
+    def strip(te):
+        te.stack = traceback.StackSummary.from_list(
+            [f for f in te.stack if os.path.abspath(f.filename) != ours])
+        for linked in (te.__cause__, te.__context__):
+            if linked is not None:
+                strip(linked)
 
-
-def report_progress(store, iterable, desc, total):
-    """Rank 0 publishes (desc, total, n) to the parent's store; other ranks just iterate."""
-    if total is None and hasattr(iterable, "__len__"):
-        total = len(iterable)
-    if int(os.environ.get("RANK", "0")) != 0:
-        yield from iterable
-        return
-    store.set("labsupport/progress/n", "0")
-    store.set("labsupport/progress/desc", desc or "")
-    # "total" last: the parent starts a bar only once it exists, so it never pairs a new
-    # description with an old total.
-    store.set("labsupport/progress/total", "" if total is None else str(total))
-    for i, item in enumerate(iterable, 1):
-        yield item
-        store.set("labsupport/progress/n", str(i))
+    te = traceback.TracebackException(type(exc), exc, exc.__traceback__.tb_next)
+    strip(te)
+    return "".join(te.format())
 
 
 def main():
@@ -89,7 +80,15 @@ def main():
     timeout = datetime.timedelta(seconds=float(os.environ["LABSUPPORT_TIMEOUT_S"]))
     result_path = os.environ["LABSUPPORT_RESULT"]
 
-    import pickle
+    from labsupport._pickling import load_payload, write_result
+    from labsupport.hangs.record import FINISHED, RUNNING, Recorder
+
+    # Before torch's slow import: from here on the parent may ask for our stacks (SIGUSR1), and
+    # a segfault or abort leaves them too (in the stacks file: the report shows them, and the
+    # rank's own output stays the student's).
+    recorder = Recorder(os.environ["LABSUPPORT_TRACE_DIR"], rank)
+    recorder.arm_stack_dumps()
+    faulthandler.enable(file=recorder.stacks_file)
 
     import torch
     import torch.distributed as dist
@@ -98,32 +97,45 @@ def main():
 
     if backend == "gloo":
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    faulthandler.enable()  # a segfault or abort still leaves a Python stack in the rank's log
     store = None
     try:
-        guard = _rank_guard()
-        with open(os.environ["LABSUPPORT_PAYLOAD"], "rb") as f:
-            fn, args, kwargs = pickle.load(f)  # cloudpickle's output is plain pickle data
+        device_id = None
+        if backend == "nccl":
+            # First the device: everything after this (NCCL's communicator, CUDA tensors in the
+            # arguments below) belongs on this rank's GPU, not on cuda:0.
+            torch.cuda.set_device(rank)
+            device_id = torch.device("cuda", rank)
+        if os.environ.get("LABSUPPORT_HANG_REPORT", "1") != "0":
+            recorder.install()  # (before the grader's snapshot: our wrappers are not tampering)
+        guard = _rank_guard()  # (grading) before the payload: code run by unpickling is watched
         store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                               False, timeout=timeout)
-        # This file runs as __main__; the labsupport modules the user's code imports are other
-        # module objects, so the store is handed to them explicitly.
-        from labsupport import launcher
-        launcher._CHILD_STORE = store
-        if backend == "nccl":
-            torch.cuda.set_device(rank)
+        # Rank 0's progress bars report through the parent's store.
+        from labsupport.progress import attach
+        attach(store)
+        # device_id makes NCCL create its communicator now, inside init (eagerly), rather than
+        # at the first collective; subgroups are then split from it eagerly too.
         dist.init_process_group(process_group_backend(backend),
                                 store=dist.PrefixStore("pg", store), rank=rank,
-                                world_size=world, timeout=timeout)
+                                world_size=world, timeout=timeout, device_id=device_id)
+        with open(os.environ["LABSUPPORT_PAYLOAD"], "rb") as f:
+            # cloudpickle's output is plain pickle data; CUDA tensors go to this rank's GPU
+            fn, args, kwargs = load_payload(f, device_id)
+        recorder.set_state(RUNNING)
         value = fn(rank, world, *args, **kwargs)
+        if device_id is not None:
+            # On NCCL a call returns before the GPU has run it: a collective that only some
+            # ranks entered never completes, and the CPU notices only at a sync. Sync here,
+            # counted as "inside communication", so the parent reports it like any other hang.
+            recorder.wait_for(torch.cuda.synchronize, device_id)
         if guard is not None:
             guard()
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+        recorder.set_state(FINISHED)
         sys.stdout.flush()
         sys.stderr.flush()
-        # Drop this file's own frame: the student's code is what the traceback should show.
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next))
-        _write_result(result_path, ("error", type(exc).__name__, str(exc).split("\n")[0][:500],
+        tb = _format_traceback(exc)
+        write_result(result_path, ("error", type(exc).__name__, str(exc).split("\n")[0][:500],
                                     tb, time.time()))
         if store is None:
             os._exit(1)
@@ -131,12 +143,13 @@ def main():
         # peers a "connection closed" error that could be mistaken for the cause.
         store.wait(["labsupport/release"], datetime.timedelta(days=1))
         os._exit(1)
+    recorder.set_state(FINISHED)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        _write_result(result_path, ("ok", value))
+        write_result(result_path, ("ok", value))
     except Exception:  # noqa: BLE001 - e.g. a return value that cannot be pickled
-        _write_result(result_path, ("error", "ResultError",
+        write_result(result_path, ("error", "ResultError",
                                     f"rank {rank}'s return value could not be sent back",
                                     traceback.format_exc(), time.time()))
         os._exit(1)

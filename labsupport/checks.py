@@ -273,7 +273,11 @@ def launch_check(name, rank_fn, world_size, *args, timeout_s=20, hang_hint="", d
         if verdict:
             raise CheckFailure(f"{name} failed with {world_size} ranks: {verdict}") from None
         if exc.timed_out:
+            # The launcher's diagnosis names the pattern ("ranks 0 → 1 → 2 → 0 each wait in
+            # send on the next ..."); the hint says what usually causes it in this exercise.
+            seen = "".join(f" {d[0].upper()}{d[1:]}." for d in exc.diagnosis)
             raise CheckFailure(
                 f"{name} hung with {world_size} ranks: a rank waited more than {timeout_s} s in "
-                f"a collective or send/recv that no peer matched. {hang_hint}".strip()) from None
+                f"a collective or send/recv that no peer matched.{seen} {hang_hint}".strip()
+            ) from None
         raise _rank_failure(name, world_size, exc) from None

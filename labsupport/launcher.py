@@ -19,6 +19,11 @@ How it works, and why:
   explainable error) instead of seeing a connection reset.
 - Children die with the parent (PR_SET_PDEATHSIG on Linux, a watchdog thread elsewhere); the
   parent kills every child on error, timeout and KeyboardInterrupt.
+- When it fails, hangs or is interrupted, the error says where every rank was: each rank
+  records the collectives it issues and whether it is inside one, and dumps its stacks on a
+  signal (``labsupport.hangs``). The parent itself ends a launch in which a rank has waited
+  inside one communication call for ``timeout_s`` (NCCL's lazy setup has no timeout of its own);
+  the ranks' process groups time out a few seconds later, as a backstop.
 
 When the process was itself started by ``torchrun`` or the ``deepspeed`` launcher (RANK and
 WORLD_SIZE set), ``launch`` runs ``fn`` in place for this rank, so lab code scales out unchanged.
@@ -29,7 +34,6 @@ import datetime
 import os
 import pickle
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,12 +41,18 @@ import time
 from dataclasses import dataclass, field
 
 from .devices import cpu_count, process_group_backend, resolve_backend
+from ._pickling import dump_payload, load_result
+from .hangs import Monitor, describe_ranks
+from .hangs.failure import compose, describe_exit
+from .progress import ParentBar
 
-__all__ = ["launch", "LaunchError", "progress"]
+__all__ = ["launch", "LaunchError"]
 
 _POLL_S = 0.02
-_CHILD_STORE = None  # set in launched ranks (by labsupport._worker) to the parent's store
 _GRACE_S = 3.0
+# The ranks' own process-group timeout is this much longer than timeout_s: the parent, which
+# sees the hang at timeout_s, takes its snapshot while every rank still waits.
+_BACKSTOP_S = 3.0
 
 
 class LaunchError(RuntimeError):
@@ -54,27 +64,37 @@ class LaunchError(RuntimeError):
         unfinished: ranks that had not returned when the launch was stopped.
         outputs: every rank's captured output, in rank order.
         timed_out: the failure was a collective or send/recv waiting past ``timeout_s``.
+        diagnosis: one-line diagnoses of the hang ("rank 1 never entered all_reduce #3 ..."),
+            [] when the pattern is not clear.
+        report: where each rank was (state, call, group, stack), as shown in the message.
     """
 
     def __init__(self, message, rank=None, traceback="", unfinished=(), outputs=(),
-                 timed_out=False):
+                 timed_out=False, diagnosis=(), report=""):
         super().__init__(message)
         self.rank = rank
         self.traceback = traceback
         self.unfinished = list(unfinished)
         self.outputs = list(outputs)
         self.timed_out = timed_out
+        self.diagnosis = list(diagnosis)
+        self.report = report
 
 
-def launch(fn, world_size, *args, timeout_s=60, backend=None, **kwargs):
+def launch(fn, world_size, *args, timeout_s=60, backend=None, debug=None, **kwargs):
     """Run ``fn(rank, world_size, *args, **kwargs)`` on ``world_size`` ranks.
 
     Args:
         fn: any picklable-by-value callable, including one defined in a notebook cell.
         world_size: number of ranks (processes), at least 1.
-        timeout_s: how long a rank may wait inside one collective or send/recv (the process
-            group's timeout). A collective that some rank never joins fails after about this long.
+        timeout_s: how long a rank may wait inside one collective or send/recv. A collective
+            that some rank never joins fails after about this long, with a report of where
+            every rank was and, where the pattern is clear, why.
         backend: "gloo" or "nccl"; default NCCL when there is one GPU per rank, else gloo.
+        debug: run the ranks with ``TORCH_DISTRIBUTED_DEBUG=DETAIL``: every collective is
+            first checked across ranks, so a mismatch (another op, shape or dtype) raises at
+            once with both ranks' calls instead of hanging or silently giving garbage. Slower;
+            default: on when the environment variable ``LABSUPPORT_DEBUG=1``.
 
     Returns:
         list of the ranks' return values, in rank order (one value when running in place under
@@ -84,8 +104,10 @@ def launch(fn, world_size, *args, timeout_s=60, backend=None, **kwargs):
         ValueError: bad ``world_size``/``backend`` (before any process starts).
         LaunchError: a rank raised, crashed or timed out; the others were stopped.
     """
+    if debug is None:
+        debug = os.environ.get("LABSUPPORT_DEBUG", "0") not in ("", "0")
     if _inside_external_launcher():
-        return [_run_in_place(fn, args, kwargs, timeout_s, backend)]
+        return [_run_in_place(fn, args, kwargs, timeout_s, backend, debug)]
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(
             f"world_size must be a whole number of ranks >= 1, got {world_size!r}: "
@@ -93,7 +115,7 @@ def launch(fn, world_size, *args, timeout_s=60, backend=None, **kwargs):
     if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
         raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
     backend = resolve_backend(world_size, backend)
-    return _Launch(fn, world_size, args, kwargs, timeout_s, backend).run()
+    return _Launch(fn, world_size, args, kwargs, timeout_s, backend, debug).run()
 
 
 def _inside_external_launcher():
@@ -104,7 +126,7 @@ def _inside_external_launcher():
             and "LABSUPPORT_CHILD" not in env)
 
 
-def _run_in_place(fn, args, kwargs, timeout_s, backend):
+def _run_in_place(fn, args, kwargs, timeout_s, backend, debug):
     """Under torchrun/deepspeed: this process is one rank; the launcher did the rest."""
     import torch
     import torch.distributed as dist
@@ -113,9 +135,13 @@ def _run_in_place(fn, args, kwargs, timeout_s, backend):
     if not dist.is_initialized():
         # One GPU per rank *on this node*: compare the GPUs here with the ranks here.
         backend = resolve_backend(int(os.environ.get("LOCAL_WORLD_SIZE", world)), backend)
+        device_id = None
         if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(process_group_backend(backend),
+            device_id = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device_id)
+        if debug:
+            os.environ["TORCH_DISTRIBUTED_DEBUG"] = "DETAIL"  # read when the group is created
+        dist.init_process_group(process_group_backend(backend), device_id=device_id,
                                 timeout=datetime.timedelta(seconds=timeout_s))
     return fn(rank, world, *args, **kwargs)
 
@@ -133,12 +159,16 @@ class _Rank:
 class _Launch:
     """One launch: owns the temp dir, the store and the child processes."""
 
-    def __init__(self, fn, world_size, args, kwargs, timeout_s, backend):
+    def __init__(self, fn, world_size, args, kwargs, timeout_s, backend, debug):
         self.fn, self.world_size, self.args, self.kwargs = fn, world_size, args, kwargs
-        self.timeout_s, self.backend = timeout_s, backend
+        self.timeout_s, self.backend, self.debug = timeout_s, backend, debug
+        # LABSUPPORT_HANG_REPORT=0 turns the ranks' recording off (benchmarks compare both).
+        self.recording = os.environ.get("LABSUPPORT_HANG_REPORT", "1") != "0"
         self.ranks: list[_Rank] = []
         self.progress_bar = None
         self.store = None
+        self.monitor = None
+        self.exit_codes = {}
 
     def run(self):
         import torch.distributed as dist
@@ -148,7 +178,7 @@ class _Launch:
             payload = os.path.join(self.tmp, "payload.pkl")
             with open(payload, "wb") as f:
                 try:
-                    pickler().dump((self.fn, self.args, self.kwargs), f)
+                    dump_payload((self.fn, self.args, self.kwargs), f)
                 except (pickle.PicklingError, AttributeError, TypeError) as exc:
                     raise ValueError(
                         f"cannot send {getattr(self.fn, '__name__', self.fn)!r} or its arguments "
@@ -160,10 +190,18 @@ class _Launch:
             self.store = dist.TCPStore("127.0.0.1", 0, None, True,
                                        timeout=datetime.timedelta(seconds=self.timeout_s + 30),
                                        wait_for_workers=False)
+            self.progress_bar = ParentBar(self.store)
+            self.monitor = Monitor(self.tmp, self.world_size)
             for rank in range(self.world_size):
                 self.ranks.append(self._start(rank, payload))
             try:
                 self._wait()
+            except KeyboardInterrupt:
+                # Jupyter's interrupt: say where each rank was, then stop them.
+                report = "\n".join(describe_ranks(self._views()))
+                self._stop_all()
+                raise KeyboardInterrupt(
+                    "launch interrupted; where each rank was:\n" + report) from None
             except BaseException:
                 self._stop_all()
                 raise
@@ -172,6 +210,8 @@ class _Launch:
             self._stop_all()
             if self.progress_bar is not None:
                 self.progress_bar.close()
+            if self.monitor is not None:
+                self.monitor.close()
             # A traceback kept by Jupyter holds this object: don't let it hold the port too.
             self.store = None
             shutil.rmtree(self.tmp, ignore_errors=True)
@@ -184,11 +224,15 @@ class _Launch:
             "LABSUPPORT_CHILD": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
             "WORLD_SIZE": str(self.world_size), "LOCAL_WORLD_SIZE": str(self.world_size),
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(self.store.port),
-            "LABSUPPORT_BACKEND": self.backend, "LABSUPPORT_TIMEOUT_S": str(self.timeout_s),
+            "LABSUPPORT_BACKEND": self.backend,
+            "LABSUPPORT_TIMEOUT_S": str(self.timeout_s + (_BACKSTOP_S if self.recording else 0)),
             "LABSUPPORT_PAYLOAD": payload, "LABSUPPORT_RESULT": result_path,
+            "LABSUPPORT_TRACE_DIR": self.tmp,
             "LABSUPPORT_PARENT_PID": str(os.getpid()),
             "PYTHONUNBUFFERED": "1",
         })
+        if self.debug:
+            env["TORCH_DISTRIBUTED_DEBUG"] = "DETAIL"
         threads = max(1, cpu_count() // self.world_size)
         env.setdefault("OMP_NUM_THREADS", str(threads))
         # A function pickled by reference (from a script or test module) must be importable in
@@ -204,98 +248,109 @@ class _Launch:
 
     def _wait(self):
         while True:
-            self._update_progress()
+            self.progress_bar.update()
             # A rank that died without a result comes first: its peers' "connection closed"
             # errors are consequences, not causes.
             for r in self.ranks:
-                code = r.proc.poll()
-                if code is not None and not r.returned and not os.path.exists(r.result_path):
-                    self._fail(r, exit_code=code)
-            errors = []
-            for r in self.ranks:
-                if not r.returned and os.path.exists(r.result_path):
-                    r.returned = True
-                    r.outcome = self._load(r)
-                    if r.outcome[0] == "error":
-                        errors.append(r)
+                if self._died(r):
+                    self._fail(r)
+            errors = self._collect_results()
             if errors:
-                self._fail(min(errors, key=_blame_order))
+                blamed = min(errors, key=_blame_order)
+                if _blame_order(blamed)[0]:
+                    # Only "a peer went away": the peer that did is the cause -- it may still be
+                    # dying (an abort takes a moment). Blame it once it is gone.
+                    died = self._wait_for_a_death(within_s=_GRACE_S)
+                    blamed = died or blamed
+                self._fail(blamed)
             if all(r.returned for r in self.ranks):
-                self._update_progress()  # rank 0 may have finished its loop since the last look
+                self.progress_bar.update()  # rank 0 may have finished its loop since the last look
                 self.store.set("labsupport/release", "1")
                 self._reap()
                 self._print_outputs()
                 return
+            if self.recording:
+                alive = [r.proc.poll() is None and not r.returned for r in self.ranks]
+                stalled = self.monitor.stalled(self.timeout_s, alive)
+                if stalled:
+                    self._fail(self.ranks[stalled[0]], stalled_s=stalled[1])
             time.sleep(_POLL_S)
+
+    def _died(self, r):
+        code = r.proc.poll()
+        if code is None or r.returned or os.path.exists(r.result_path):
+            return False
+        self.exit_codes[r.rank] = code
+        return True
+
+    def _wait_for_a_death(self, within_s):
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            for r in self.ranks:
+                if r.proc.poll() is not None and self._died(r):
+                    return r
+            time.sleep(_POLL_S)
+        return None
+
+    def _collect_results(self):
+        """Load the results that arrived; return the ranks whose result is an error."""
+        errors = []
+        for r in self.ranks:
+            if not r.returned and os.path.exists(r.result_path):
+                r.returned = True
+                r.outcome = self._load(r)
+                if r.outcome[0] == "error":
+                    errors.append(r)
+        return errors
 
     def _load(self, r):
         try:
-            return _load_result(r.result_path)
+            return load_result(r.result_path)
         except Exception as exc:  # noqa: BLE001 - e.g. a class the notebook cannot import
             return ("error", type(exc).__name__,
                     f"rank {r.rank}'s return value could not be loaded in the notebook: {exc}",
                     "", time.time())
 
-    def _fail(self, failed, exit_code=None):
-        unfinished = [r.rank for r in self.ranks if not r.returned or r is failed]
+    def _views(self):
+        logs = [_read(r.log_path) for r in self.ranks]
+        return self.monitor.views(self.ranks, logs, self.exit_codes, describe_exit)
+
+    def _fail(self, failed, stalled_s=None):
+        """Stop everything and raise a LaunchError that says where every rank was, and why."""
+        if stalled_s is None:
+            self.monitor.settle(self.ranks)  # let the peers reach the call they will wait in
+            self._collect_results()
+            for r in self.ranks:
+                self._died(r)
+        views = self._views()
+        unfinished = [r.rank for r in self.ranks if not _returned_normally(r) or r is failed]
+        finished = [r.rank for r in self.ranks if _returned_normally(r) and r is not failed]
         self._stop_all()
         outputs = self._print_outputs()
-        if exit_code is None:
-            _, exc_type, exc_msg, tb = failed.outcome[:4]
-            head = f"rank {failed.rank} raised {exc_type}: {exc_msg}"
-            timed_out = _is_timeout(exc_msg)
-        else:
-            # No Python traceback (a crash, a signal, NCCL's watchdog): its last output lines
-            # are the best evidence there is.
-            tb = "\n".join(outputs[failed.rank].splitlines()[-30:])
-            head = f"rank {failed.rank} died with {_describe_exit(exit_code)} before returning"
-            timed_out = _is_timeout(tb)
-        lines = [head]
-        if timed_out:
-            lines.append(
-                f"It waited longer than timeout_s={self.timeout_s:g} s inside a collective or "
-                "send/recv: some rank never joined that call (it skipped it, called a different "
-                "one, or is still busy).")
-        others = [r for r in unfinished if r != failed.rank]
-        finished = [r.rank for r in self.ranks if r.returned and r is not failed]
-        lines.append(f"Ranks that had not finished: {unfinished}"
-                     + (f"; ranks that returned normally: {finished}" if finished else ""))
-        if others:
-            lines.append(f"Stopped the other unfinished ranks: {others}.")
-        if tb:
-            lines.append(f"\n--- original traceback from rank {failed.rank} ---\n{tb}")
-        raise LaunchError("\n".join(lines), rank=failed.rank, traceback=tb,
-                          unfinished=unfinished, outputs=outputs, timed_out=timed_out)
+        evidence = ({"stalled_s": stalled_s} if stalled_s is not None else
+                    {"outcome": failed.outcome} if failed.rank not in self.exit_codes else
+                    {"log": outputs[failed.rank], "exit_code": self.exit_codes[failed.rank]})
+        message, tb, timed_out, diagnosis, report = compose(
+            failed.rank, views, self.timeout_s, unfinished=unfinished, finished=finished,
+            **evidence)
+        raise LaunchError(message, rank=failed.rank, traceback=tb, unfinished=unfinished,
+                          outputs=outputs, timed_out=timed_out, diagnosis=diagnosis,
+                          report=report)
 
     def _reap(self):
-        deadline = time.monotonic() + _GRACE_S + self.timeout_s
-        for r in self.ranks:
-            try:
-                r.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                r.proc.kill()
-                r.proc.wait()
+        """Released ranks tear down their groups and exit; give them time to, then kill."""
+        _wait_or_kill([r.proc for r in self.ranks], _GRACE_S + self.timeout_s)
 
     def _stop_all(self):
         for r in self.ranks:
             if r.proc.poll() is None:
                 r.proc.terminate()
-        deadline = time.monotonic() + _GRACE_S
-        for r in self.ranks:
-            try:
-                r.proc.wait(timeout=max(0.05, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                r.proc.kill()
-                r.proc.wait()
+        _wait_or_kill([r.proc for r in self.ranks], _GRACE_S)
 
     def _print_outputs(self):
         outputs = []
         for r in self.ranks:
-            try:
-                with open(r.log_path, "rb") as f:
-                    text = f.read().decode("utf-8", "replace")
-            except OSError:
-                text = ""
+            text = _read(r.log_path)
             outputs.append(text)
             for line in text.splitlines():
                 # tqdm and friends redraw with carriage returns: keep the last state of the line.
@@ -304,53 +359,32 @@ class _Launch:
         sys.stdout.flush()
         return outputs
 
-    def _update_progress(self):
-        store = self.store
-        if not store.check(["labsupport/progress/total"]):
-            return
-        total = store.get("labsupport/progress/total").decode()
-        total = int(total) if total else None
-        done = int(store.get("labsupport/progress/n")) if store.check(
-            ["labsupport/progress/n"]) else 0
-        desc = store.get("labsupport/progress/desc").decode()
-        bar = self.progress_bar
-        if bar is not None and (bar.total, bar.desc) != (total, desc):
-            bar.close()  # rank 0 started another progress loop
-            bar = None
-        if bar is None:
-            from tqdm.auto import tqdm
-            bar = self.progress_bar = tqdm(total=total, desc=desc)
-        bar.update(done - bar.n)
 
 
-def pickler():
-    """cloudpickle when installed (ships notebook-defined functions by value), else pickle.
+def _wait_or_kill(procs, within_s):
+    """Wait up to ``within_s`` seconds in all for ``procs`` to exit; kill those still running."""
+    deadline = time.monotonic() + within_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.05, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
-    Plain pickle still works for functions a child can import (module-level functions of an
-    importable module): the GPU check machine has torch alone.
-    """
+
+def _returned_normally(r):
+    return r.returned and r.outcome is not None and r.outcome[0] == "ok"
+
+
+def _read(path):
     try:
-        import cloudpickle
-    except ImportError:
-        return pickle
-    return cloudpickle
-
-
-def _load_result(path):
-    import torch
-
-    with open(path, "rb") as f:
-        # Map tensors onto the CPU so a result never initialises CUDA in the notebook's kernel.
-        return torch.load(f, map_location="cpu", weights_only=False)
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 _PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken pipe")
-
-
-def _is_timeout(text):
-    """Does this error text report a collective/send/recv that waited past the group timeout?"""
-    text = text.lower()
-    return "timed out" in text or "watchdog caught collective operation timeout" in text
 
 
 def _blame_order(r):
@@ -358,27 +392,3 @@ def _blame_order(r):
     "a peer went away", then the earliest."""
     message = r.outcome[2].lower()
     return (any(p in message for p in _PEER_GONE), r.outcome[4] if len(r.outcome) > 4 else 0)
-
-
-def _describe_exit(code):
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
-
-
-def progress(iterable, desc="", total=None):
-    """A progress bar over ``iterable`` that works inside launched ranks.
-
-    In a rank started by :func:`launch`, rank 0 reports its progress to the parent, which draws
-    one tqdm bar in the notebook (child output only appears when the launch ends). Elsewhere it
-    is a plain ``tqdm.auto`` bar.
-    """
-    if _CHILD_STORE is None:
-        from tqdm.auto import tqdm
-        return tqdm(iterable, desc=desc or None, total=total)
-    from ._worker import report_progress
-
-    return report_progress(_CHILD_STORE, iterable, desc, total)

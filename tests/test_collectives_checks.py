@@ -4,6 +4,8 @@ The list diagnoses are tested on synthetic results (no launch); launches prove a
 passes (the course's reference included), a deadlocked one is explained, built-in collectives
 are refused and an unfinished exercise says so.
 """
+import textwrap
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -65,8 +67,13 @@ def test_ring_check_accepts_a_correct_ring(capsys):
 
 def test_ring_check_explains_a_deadlocked_ring():
     # gloo's blocking send waits for the matching recv: a ring of send-then-recv deadlocks.
-    with pytest.raises(checks.CheckFailure, match="hung with 3 ranks.*deadlocked.*dist.isend"):
+    with pytest.raises(checks.CheckFailure) as info:
         checks.check_ring_all_gather(ring_blocking, world_sizes=(3,), timeout_s=4)
+    message = str(info.value)
+    assert message.startswith("ring_all_gather hung with 3 ranks"), message
+    assert ("Ranks 0 → 1 → 2 → 0 each wait in send on the next: a send/recv ordering deadlock "
+            "around the ring") in message   # the launcher's diagnosis
+    assert "dist.batch_isend_irecv" in message   # the exercise's hint
 
 
 def test_ring_check_refuses_builtin_collectives_and_reports_unfinished():
@@ -96,6 +103,44 @@ RING_CHEATS = {"all_gather_single": _ring_via_all_gather_single, "all_to_all": _
 def _ring_cheats(rank, world_size):
     return {op: checks._ring_check_rank(rank, world_size, fn, (3, 5), torch.float32, 0)
             for op, fn in RING_CHEATS.items()}
+
+
+def test_ring_check_refuses_a_collective_imported_by_name():
+    """`from torch.distributed import all_gather` in a notebook cell: the name travels with the
+    function, bypassing any patch of `dist.all_gather`; the refusal at dispatch still sees it."""
+    namespace = {"__name__": "__main__"}
+    exec(textwrap.dedent("""
+        import torch
+        from torch.distributed import all_gather
+        def ring_all_gather(tensor, rank, world_size):
+            out = [torch.empty_like(tensor) for _ in range(world_size)]
+            all_gather(out, tensor)
+            return out
+    """), namespace)
+    with pytest.raises(checks.CheckFailure, match="your function called dist.all_gather$"):
+        checks.check_ring_all_gather(namespace["ring_all_gather"], world_sizes=(2,))
+
+
+def _ring_via_process_group(tensor, rank, world_size):
+    out = [torch.empty_like(tensor) for _ in range(world_size)]
+    dist.group.WORLD.allgather([out], [tensor]).wait()
+    return out
+
+
+def test_ring_check_refuses_a_process_group_method():
+    with pytest.raises(checks.CheckFailure, match="your function called a built-in all_gather"):
+        checks.check_ring_all_gather(_ring_via_process_group, world_sizes=(2,))
+
+
+def test_ring_check_grades_on_gloo_cpu_ranks_even_with_gpus(monkeypatch, capsys):
+    """The same answer gets the same grade everywhere: with GPUs visible (launch would pick
+    NCCL) the check still runs the student's function on gloo ranks with CPU tensors."""
+    import labsupport.devices
+
+    monkeypatch.setattr(labsupport.devices, "gpu_count", lambda: 8)
+    assert labsupport.devices.resolve_backend(2) == "nccl"
+    checks.check_ring_all_gather(ring_ok, world_sizes=(2,))
+    assert "matches dist.all_gather on 2 ranks" in capsys.readouterr().out
 
 
 def test_ring_check_refuses_other_collectives():

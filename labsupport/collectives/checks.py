@@ -1,17 +1,25 @@
 """Check cells of Lab 00: the ring all-gather built from send/recv, run on real ranks.
 
-Each rank runs the student's ``fn(tensor, rank, world_size)`` on a fresh tensor of its own, with
-every built-in collective of ``torch.distributed`` replaced by a refusal (the point-to-point
-calls stay), and compares the list it returns with ``dist.all_gather``'s. The parent then names
-the first wrong rank's mistake (a piece never received, pieces swapped, one concatenated tensor
-...), or the deadlock when the ranks hung.
+Each rank runs the student's ``fn(tensor, rank, world_size)`` on a fresh tensor of its own and
+compares the list it returns with ``dist.all_gather``'s. Built-in collectives are refused where
+they are dispatched (a TorchDispatchMode sees the c10d operator whatever name the student called
+it by: ``dist.all_gather``, ``from torch.distributed import all_gather``, a ProcessGroup method);
+the point-to-point calls pass. The parent then names the first wrong rank's mistake (a piece
+never received, pieces swapped, one concatenated tensor ...), or the deadlock when the ranks hung.
+
+The grade does not depend on the machine: the check always runs the student's function on gloo
+ranks with CPU tensors, even on a GPU node (the lab's demonstrations use the GPUs). On NCCL small
+blocking sends complete into buffers, so a send-before-receive ring that deadlocks on gloo would
+pass there -- and the same answer must get the same grade everywhere.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..c10d_ops import collective_name
 from ..checks import CheckFailure, call_student, launch_check, passed
 
 __all__ = ["check_gather_list", "check_ring_all_gather"]
@@ -55,47 +63,57 @@ def check_gather_list(got, inputs, *, name, rank):
     return None
 
 
+class _RefuseCollectives(TorchDispatchMode):
+    """Inside a rank, while the student's function runs: any collective but send/recv raises."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        op = collective_name(func) if isinstance(func, torch._ops.OpOverload) else None
+        if op is not None and op not in _ALLOWED:
+            raise _Forbidden("the exercise builds all-gather from send/recv alone; your "
+                             f"function called {_called_api(op)}")
+        return func(*args, **(kwargs or {}))
+
+
+_ALLOWED = ("send", "recv", "barrier")
+
+
+def _called_api(op):
+    """"dist.all_gather_single" -- the torch.distributed function the student's code called
+    (the outermost torch.distributed frame under their own code), else the collective."""
+    import os
+    import sys
+
+    torch_dir = os.path.join(os.path.dirname(os.path.realpath(torch.__file__)), "")
+    dist_dir = os.path.join(torch_dir, "distributed", "")
+    frame, api = sys._getframe(1), None
+    while frame is not None:
+        path = os.path.realpath(frame.f_code.co_filename)
+        if path.startswith(dist_dir):
+            if frame.f_code.co_name != "wrapper":  # c10d_logger's decorator
+                api = frame.f_code.co_name
+        elif api is not None and not path.startswith(torch_dir):
+            break  # the caller's own code: the last torch.distributed function is what it called
+        frame = frame.f_back
+    return f"dist.{api}" if api else f"a built-in {op}"
+
+
 def _ring_check_rank(rank, world_size, student_fn, shape, dtype, seed, name="ring_all_gather"):
     """Runs on every rank: the student's all-gather vs torch's, on this rank's fresh tensor."""
     import torch.distributed as dist
-
-    from ..devices import rank_device
 
     gen = torch.Generator().manual_seed(seed * 1000 + rank)
     if dtype.is_floating_point:
         mine = torch.randn(shape, generator=gen, dtype=dtype)
     else:
         mine = torch.randint(-1000, 1000, shape, generator=gen, dtype=dtype)
-    mine = mine.to(rank_device())  # its GPU under NCCL: the exercise's send/recv then run on NCCL
     original = mine.clone()
     expected = [torch.empty_like(mine) for _ in range(world_size)]
     dist.all_gather(expected, mine)
-    # Every collective that could stand in for the ring (only names this torch has); the
-    # point-to-point calls (send, recv, isend, irecv, batch_isend_irecv) stay allowed.
-    forbidden = tuple(n for n in (
-        "all_gather", "all_gather_into_tensor", "all_gather_single", "all_gather_coalesced",
-        "_all_gather_base", "all_gather_object", "all_reduce", "all_reduce_coalesced",
-        "broadcast", "broadcast_object_list", "reduce", "reduce_scatter",
-        "reduce_scatter_tensor", "reduce_scatter_single", "_reduce_scatter_base", "gather",
-        "gather_object", "scatter", "scatter_object_list", "all_to_all", "all_to_all_single")
-        if hasattr(dist, n))
-    saved = {n: getattr(dist, n) for n in forbidden}
-
-    def refuse(op):
-        def call(*a, **k):
-            raise _Forbidden(f"the exercise builds all-gather from send/recv alone; "
-                             f"your function called dist.{op}")
-        return call
-
-    for op in forbidden:
-        setattr(dist, op, refuse(op))
     try:
-        got = call_student(student_fn, mine, rank, world_size, name=name)
+        with _RefuseCollectives():
+            got = call_student(student_fn, mine, rank, world_size, name=name)
     except _Forbidden as exc:
         return ("forbidden", str(exc))
-    finally:
-        for op, fn in saved.items():
-            setattr(dist, op, fn)
     if not torch.equal(mine, original):
         return ("mutated", "your function changed its input tensor in place")
 
@@ -103,20 +121,21 @@ def _ring_check_rank(rank, world_size, student_fn, shape, dtype, seed, name="rin
         return x.cpu() if isinstance(x, torch.Tensor) else x
 
     got = [on_cpu(g) for g in got] if isinstance(got, (list, tuple)) else on_cpu(got)
-    expected = [on_cpu(e) for e in expected]
     return ("ok", check_gather_list(got, expected, name=name, rank=rank))
 
 
 def check_ring_all_gather(student_fn, world_sizes=(2, 4), shape=(3, 5), dtype=torch.float32,
                           timeout_s=20, seed=0, name="ring_all_gather"):
-    """Check a send/recv ring all-gather against ``dist.all_gather`` on several world sizes."""
-    hint = ("It deadlocked: on gloo a blocking dist.send waits until the peer receives, so if "
-            "every rank sends before it receives, they all wait for each other. Post the send with "
-            "dist.isend (or alternate send/recv order by rank parity), and check each step's "
+    """Check a send/recv ring all-gather against ``dist.all_gather`` on several world sizes
+    (always on gloo ranks with CPU tensors, so that the grade is the same on every machine)."""
+    hint = ("It deadlocked: a blocking dist.send waits until the peer receives (gloo; NCCL too "
+            "once messages outgrow its buffers), so if every rank sends before it receives, they "
+            "all wait for each other. Post each step's send and receive together with "
+            "dist.batch_isend_irecv (or isend, then recv, then wait), and check each step's "
             "source and destination ranks.")
     for world_size in world_sizes:
         results = launch_check(name, _ring_check_rank, world_size, student_fn, shape, dtype, seed,
-                               name, timeout_s=timeout_s, hang_hint=hint)
+                               name, timeout_s=timeout_s, hang_hint=hint, backend="gloo")
         for status, detail in results:
             if detail:
                 raise CheckFailure(f"with {world_size} ranks, shape {shape}, {dtype}: {detail}")

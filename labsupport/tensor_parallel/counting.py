@@ -7,7 +7,8 @@
 How: a TorchDispatchMode (the mechanism of torch's own CommDebugMode) sees every operator that
 reaches the dispatcher, including the c10d ops behind ``dist.all_reduce`` & co. and the
 functional collectives that DTensor issues, whoever calls them -- no monkeypatching, nothing to
-restore. The phase is "backward" while the autograd engine is running a graph task.
+restore. Which operators are collectives, and what each hands over, is read by
+``labsupport.c10d_ops`` (shared with the launcher's hang report). The phase is "backward" while the autograd engine is running a graph task.
 
 Why not torch's CommDebugMode: it works here (torch 2.13, gloo, plain process groups) and counts
 the same calls per op and per phase (``comm_module_counts["Global"]``, phase from module hooks),
@@ -25,24 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-# Operator name (c10d::..., _c10d_functional::...) → the collective it performs.
-_OPS = {
-    "allreduce_": "all_reduce", "allreduce_coalesced_": "all_reduce", "all_reduce": "all_reduce",
-    "all_reduce_": "all_reduce", "all_reduce_coalesced": "all_reduce",
-    "allgather_": "all_gather", "_allgather_base_": "all_gather", "allgather_coalesced_": "all_gather",
-    "allgather_into_tensor_coalesced_": "all_gather", "all_gather_into_tensor": "all_gather",
-    "all_gather_into_tensor_out": "all_gather", "all_gather_into_tensor_coalesced": "all_gather",
-    "reduce_scatter_": "reduce_scatter", "_reduce_scatter_base_": "reduce_scatter",
-    "reduce_scatter_tensor": "reduce_scatter", "reduce_scatter_tensor_coalesced": "reduce_scatter",
-    "broadcast_": "broadcast", "broadcast": "broadcast",
-    "alltoall_": "all_to_all", "alltoall_base_": "all_to_all", "all_to_all_single": "all_to_all",
-    "reduce_": "reduce", "gather_": "gather", "scatter_": "scatter",
-    "send": "send", "recv_": "recv", "recv_any_source_": "recv", "barrier": "barrier",
-}
-_NAMESPACES = ("c10d", "_c10d_functional", "c10d_functional")
-# The argument holding what this rank hands to the collective (its contribution).
-_INPUT_ARGS = ("input_tensors", "input_tensor", "input_list", "inputs", "input", "tensors")
-
+from ..c10d_ops import bind, collective_name, handed_tensors
 
 @dataclass
 class CollectiveCall:
@@ -95,14 +79,6 @@ class CollectiveLog:
         return "\n".join(lines)
 
 
-def _tensors(x):
-    if isinstance(x, torch.Tensor):
-        yield x
-    elif isinstance(x, (list, tuple)):
-        for item in x:
-            yield from _tensors(item)
-
-
 def _dtensor_type():
     # No DTensor can exist before its module is imported, and importing it here would cost
     # every rank half a second of CPU: look it up only where someone else imported it.
@@ -148,18 +124,16 @@ class _CollectiveRecorder(TorchDispatchMode):
         dtensor = _dtensor_type()
         if dtensor is not None and any(t is dtensor for t in types):
             return NotImplemented
-        if func.namespace in _NAMESPACES:
-            name = func._schema.name.split("::")[-1]
-            if name in _OPS:
-                call = self._record(func, _OPS[name], args, kwargs)
-                if self.timed:
-                    return self._timed(func, call, args, kwargs)
+        op = collective_name(func)
+        if op is not None:
+            call = self._record(func, op, args, kwargs)
+            if self.timed:
+                return self._timed(func, call, args, kwargs)
         return func(*args, **kwargs)
 
     def _record(self, func, op, args, kwargs):
-        bound = dict(zip((a.name for a in func._schema.arguments), args), **kwargs)
-        handed = next((bound[n] for n in _INPUT_ARGS if n in bound), None)
-        tensors = [] if op == "barrier" else list(_tensors(handed))
+        bound = bind(func, args, kwargs)
+        tensors = handed_tensors(op, bound)
         phase = "backward" if torch._C._current_graph_task_id() != -1 else "forward"
         call = CollectiveCall(
             op=op, phase=phase, bytes=sum(t.numel() * t.element_size() for t in tensors),
@@ -171,7 +145,7 @@ class _CollectiveRecorder(TorchDispatchMode):
     def _timed(self, func, call, args, kwargs):
         # A c10d op only enqueues the work; a synchronous caller (async_op=False) waits for
         # it right after, so waiting here changes nothing and times the real collective.
-        bound = dict(zip((a.name for a in func._schema.arguments), args), **kwargs)
+        bound = bind(func, args, kwargs)
         call.start = time.perf_counter_ns()
         out = func(*args, **kwargs)
         if bound.get("async_op", True) is False:
