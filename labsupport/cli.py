@@ -167,7 +167,8 @@ def cmd_open(args):
     folder = course.repo_root() / ("solutions" if args.solutions else "notebooks")
     argv = [sys.executable, "-m", "jupyterlab", f"--notebook-dir={folder}"]
     if (folder / course.HOME).is_file():
-        argv.append(f"--ServerApp.default_url=/lab/tree/{course.HOME}")
+        # LabApp's, not ServerApp's: JupyterLab sets the server's default_url to its own ("/lab").
+        argv.append(f"--LabApp.default_url=/lab/tree/{course.HOME}")
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         argv.append("--allow-root")  # JupyterLab refuses to run as root without it (containers, CI)
     argv += args.jupyter_args

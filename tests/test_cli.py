@@ -131,4 +131,4 @@ def test_open_starts_jupyterlab_on_the_home_page(monkeypatch):
     argv = seen[0]
     assert argv[1:3] == ["-m", "jupyterlab"] and "--no-browser" in argv
     assert f"--notebook-dir={course.repo_root() / 'notebooks'}" in argv
-    assert f"--ServerApp.default_url=/lab/tree/{course.HOME}" in argv
+    assert f"--LabApp.default_url=/lab/tree/{course.HOME}" in argv
