@@ -316,7 +316,8 @@ def launch_check(name, rank_fn, world_size, *args, timeout_s=20, hang_hint="", d
             raise not_implemented(name) from None
         verdict = diagnose(exc) if diagnose is not None else None
         if verdict:
-            raise CheckFailure(f"{name} failed with {world_size} ranks: {verdict}") from None
+            raise CheckFailure(f"{name} failed with {world_size} ranks: {verdict}",
+                               name=name) from None
         if exc.timed_out:
             # The launcher's diagnosis names the pattern ("ranks 0 → 1 → 2 → 0 each wait in
             # send on the next ..."); the hint says what usually causes it in this exercise.

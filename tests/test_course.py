@@ -195,5 +195,5 @@ def test_the_home_page_lists_every_lab_and_each_lab_states_its_time_and_prerequi
         line = first.source.splitlines()[2]
         assert first.cell_type == "markdown" and first.source.startswith("# Lab ")
         assert re.fullmatch(r"\*≈ [\d.]+ h?(min)?.* · before: .+ · runs .+ · the solution runs in "
-                            r"(≈ [\d.]+|< 1) min on 2 cores\*", line), f"{path.name}: {line!r}"
+                            r"(≈ [\d.]+ min|\d+ s) on 2 cores\*", line), f"{path.name}: {line!r}"
     assert "progress_table()" in text and "labs progress" in text and "labs check" in text

@@ -1,6 +1,7 @@
-"""`labs progress` / `labsupport.progress_table()` on made-up notebooks of Lab 03 (the cheapest
-lab to grade): all solved, half solved, untouched -- one grading run per fixture (none for the
-untouched one: a notebook equal to the fresh build is not run)."""
+"""`labs progress` / `labsupport.progress_table()` on made-up notebooks of Lab 05 (among the
+cheapest labs to grade, about 15 s, and with four exercises): all solved, half solved, untouched
+-- one grading run per fixture (none for the untouched one: a notebook equal to the fresh build
+is not run)."""
 import shutil
 
 import nbformat
@@ -10,10 +11,10 @@ import labsupport
 from labsupport import cli, course, course_progress, grading
 from labsupport.course_progress import FAILED, NOT_ATTEMPTED, PASSED, progress_table
 
-pytestmark = pytest.mark.lab03
+pytestmark = pytest.mark.lab05
 
 ROOT = course.repo_root(__file__)
-LAB = "03_pipeline_bubbles"
+LAB = "05_activation_checkpointing"
 
 
 def _answers():
@@ -42,38 +43,50 @@ def base(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def solved(base):
-    return progress_table(_write(base / "solved", _answers()), lab="03", progress=False)
+    return progress_table(_write(base / "solved", _answers()), lab="05", progress=False)
 
 
 @pytest.fixture(scope="module")
 def half(base):
-    answers = {"one_f_one_b_order": _answers()["one_f_one_b_order"],
-               "predict_bubble": "def predict_bubble(p, m):\n    return (p - 1) / (m + p)"}
-    return progress_table(_write(base / "half", answers), lab="03", progress=False)
+    answers = {"predict_saved_bytes": "def predict_saved_bytes(tokens, d, h, checkpoint_middle):\n"
+                                      "    return 3 * tokens * h * 4",
+               "checkpointed_forward": _answers()["checkpointed_forward"]}
+    return progress_table(_write(base / "half", answers), lab="05", progress=False)
 
 
 def _summary(table):
     return [(r.exercise, r.status, r.points, r.max_points) for r in table.rows]
 
 
+def _points():
+    sol = nbformat.read(course.find_lab(LAB, ROOT), as_version=4)
+    return [(course.nbgrader_meta(c)["grade_id"].removeprefix("check_"),
+             float(course.nbgrader_meta(c)["points"])) for c in sol.cells if course.is_check_cell(c)]
+
+
 def test_all_solved_gets_every_point(solved):
-    assert _summary(solved) == [("one_f_one_b_order", PASSED, 3, 3), ("predict_bubble", PASSED, 2, 2),
-                                ("smallest_m", PASSED, 2, 2)]
-    assert solved.totals() == {LAB: (7, 7)} and solved.total() == (7, 7)
+    top = sum(p for _, p in _points())
+    assert _summary(solved) == [(n, PASSED, p, p) for n, p in _points()]
+    assert solved.totals() == {LAB: (top, top)} and solved.total() == (top, top)
 
 
 def test_half_solved_says_what_failed_and_what_is_left(half):
-    assert _summary(half) == [("one_f_one_b_order", PASSED, 3, 3), ("predict_bubble", FAILED, 0, 2),
-                              ("smallest_m", NOT_ATTEMPTED, 0, 2)]
-    failed, left = half.rows[1], half.rows[2]
-    assert failed.reason == "predict_bubble(2, 1) = 0.3333, expected 0.5"  # the grader's line
-    assert left.reason == ""  # its stub is untouched: nothing to explain
+    (n0, p0), (n1, p1), *rest = _points()
+    assert [n0, n1] == ["predict_saved_bytes", "checkpointed_forward"] and rest
+    assert _summary(half) == [(n0, FAILED, 0, p0), (n1, PASSED, p1, p1)] + [
+        (n, NOT_ATTEMPTED, 0, p) for n, p in rest]
+    failed = half.rows[0]
+    assert failed.reason.startswith("T=512, d=64, h=256, middle checkpointed: you predicted "
+                                    "1572864 bytes, measured 1048576")  # the grader's line
+    assert all(r.reason == "" for r in half.rows[2:])  # stubs untouched: nothing to explain
+    total = f"{p1:g}/{sum(p for _, p in _points()):g}"
     text = half.text()
-    assert "✘ failed" in text and "predict_bubble(2, 1) = 0.3333, expected 0.5" in text
-    assert [ln.split()[-1] for ln in text.splitlines() if "total" in ln] == ["3/7"]
-    assert text.splitlines()[-1].split() == ["all", "labs", "3/7"]
+    assert "✘ failed" in text and "✔ passed" in text and "· not attempted" in text
+    assert "T=512, d=64, h=256, middle checkpointed" in text
+    assert [ln.split()[-1] for ln in text.splitlines() if " total " in ln] == [total]
+    assert text.splitlines()[-1].split() == ["all", "labs", total]
     page = half._repr_html_()
-    assert "✔ passed" in page and "✘ failed" in page and "<b>3/7</b>" in page
+    assert "✔ passed" in page and "✘ failed" in page and f"<b>{total}</b>" in page
 
 
 def test_untouched_notebooks_are_not_run_and_a_missing_one_is_said(base, monkeypatch, capsys):
@@ -91,13 +104,14 @@ def test_untouched_notebooks_are_not_run_and_a_missing_one_is_said(base, monkeyp
                                    for p in course.lab_paths(ROOT)
                                    for c in nbformat.read(p, 4).cells if course.is_check_cell(c))
     (base / "empty").mkdir()
-    rows = progress_table(base / "empty", lab=3, progress=False).rows
+    rows = progress_table(base / "empty", lab=5, progress=False).rows
     assert rows and all(r.status == NOT_ATTEMPTED and r.reason.startswith(f"no notebook {LAB}.ipynb")
                         for r in rows)
     # The command: the same table, one lab; a folder that does not exist is a clear error.
-    assert cli.main(["progress", str(base / "untouched"), "--lab", "03"]) == 0
+    assert cli.main(["progress", str(base / "untouched"), "--lab", "05"]) == 0
     out = capsys.readouterr().out
-    assert "one_f_one_b_order" in out and "0/7" in out and "ranks_and_collectives" not in out
+    top = sum(p for _, p in _points())
+    assert "predict_saved_bytes" in out and f"0/{top:g}" in out and "ranks_and_collectives" not in out
     assert cli.main(["progress", str(base / "nowhere")]) == 2
     assert "no folder" in capsys.readouterr().err
 

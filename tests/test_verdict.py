@@ -10,7 +10,7 @@ import torch
 
 from labsupport import checks, verdict
 from labsupport.grading.report import one_line
-from labsupport.pipeline import checks as pipeline_checks
+from labsupport.checkpointing import checks as lab05_checks
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -31,12 +31,14 @@ def _fake_checks_module(source):
 
 def test_a_lab_check_renders_as_a_verdict_named_after_its_exercise():
     with pytest.raises(checks.CheckFailure) as info:
-        pipeline_checks.check_predict_bubble(lambda p, m: (p - 1) / (m + p))
+        lab05_checks.check_predict_saved_bytes(lambda tokens, d, h, ckpt: 3 * tokens * h * 4)
     exc = info.value
-    assert exc.name == "predict_bubble"  # the check's `name`, found from its frame
-    assert str(exc) == "predict_bubble(2, 1) = 0.3333, expected 0.5"  # what graders read
+    assert exc.name == "predict_saved_bytes"  # the check's `name`, found from its frame
+    first = ("T=512, d=64, h=256, middle checkpointed: you predicted 1572864 bytes, measured "
+             "1048576 (1.0 MiB)")
+    assert str(exc).startswith(first)  # what graders read: unchanged
     text = shown(exc._render_traceback_())
-    assert text == "✘ predict_bubble: predict_bubble(2, 1) = 0.3333, expected 0.5"
+    assert text == f"✘ predict_saved_bytes: {str(exc)}"  # one line here: no frame of anyone's
 
 
 def test_the_name_falls_back_to_the_check_function_and_can_be_given():
@@ -130,19 +132,20 @@ def test_a_verdict_that_cannot_be_drawn_falls_back_to_the_plain_traceback(monkey
 
 
 NOTEBOOK = [
-    "import torch\nfrom labsupport.collectives import checks\nfrom labsupport.pipeline import checks as p",
+    "import torch\nfrom labsupport.collectives import checks\nfrom labsupport.checkpointing import checks as c",
     "def helper(t):\n    return t @ torch.ones(7, 2)\n\n"
     "def ring_all_gather(tensor, rank, world_size):\n    y = helper(tensor)\n    return [y] * world_size",
     "checks.check_ring_all_gather(ring_all_gather, world_sizes=(2,))",
-    "def predict_bubble(p, m):\n    raise NotImplementedError()",
-    "p.check_predict_bubble(predict_bubble)",
-    "def predict_bubble(p, m):\n    return [p] @ m",
-    "p.check_predict_bubble(predict_bubble)",
+    "def predict_saved_bytes(tokens, d, h, checkpoint_middle):\n    raise NotImplementedError()",
+    "c.check_predict_saved_bytes(predict_saved_bytes)",
+    "def predict_saved_bytes(tokens, d, h, checkpoint_middle):\n    return [tokens] @ h",
+    "c.check_predict_saved_bytes(predict_saved_bytes)",
 ]
 
 
 def test_in_a_kernel_verdicts_replace_tracebacks_and_the_students_own_errors_keep_theirs():
-    """One kernel: a rank's shape error, an unfinished exercise, the student's own TypeError."""
+    """One kernel: a rank's shape error (Lab 00), an unfinished exercise, the student's own
+    TypeError (Lab 05)."""
     from nbclient import NotebookClient
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in NOTEBOOK])
@@ -158,15 +161,15 @@ def test_in_a_kernel_verdicts_replace_tracebacks_and_the_students_own_errors_kee
     who = re.match(r".*? rank (\d)", rank.evalue).group(1)
     assert one_line(rank) == rank.evalue.splitlines()[0]
     assert todo.ename == "NotImplementedError" and todo.evalue.startswith(
-        "predict_bubble is not implemented yet")
+        "predict_saved_bytes is not implemented yet")
     text = ANSI.sub("", "\n".join(rank.traceback))
     assert text.startswith(f"✘ ring_all_gather: failed with 2 ranks: rank {who} multiplied")
     assert f"Your code, on rank {who}:" in text and "labsupport" not in text
     assert "Cell In[2], line 5, in ring_all_gather\n      y = helper(tensor)" in text
     assert "Cell In[2], line 2, in helper\n      return t @ torch.ones(7, 2)" in text
-    assert ANSI.sub("", "\n".join(todo.traceback)).startswith("✘ predict_bubble: not implemented yet")
+    assert ANSI.sub("", "\n".join(todo.traceback)).startswith("✘ predict_saved_bytes: not implemented yet")
     assert len(todo.traceback) == 2
     # An error in the student's own function keeps IPython's traceback down to their line.
     mine = ANSI.sub("", "\n".join(own.traceback))
     assert own.ename == "TypeError" and "Traceback (most recent call last)" in mine
-    assert "Cell In[6], line 2, in predict_bubble" in mine and "return [p] @ m" in mine
+    assert "Cell In[6], line 2, in predict_saved_bytes" in mine and "return [tokens] @ h" in mine
