@@ -52,12 +52,14 @@ class ProgressTable:
         sums = list(self.totals().values())
         return sum(s[0] for s in sums), sum(s[1] for s in sums)
 
-    def text(self, width=70):
+    def text(self, width=None):
+        """An aligned table; the reason (last column) is cut to ``width`` characters if given."""
         header = ("lab", "exercise", "result", "points", "reason")
         rows, totals = [], self.totals()
         for i, r in enumerate(self.rows):
             first = i == 0 or self.rows[i - 1].lab != r.lab
-            reason = r.reason if len(r.reason) <= width else r.reason[:width - 3] + "..."
+            cut = width is not None and len(r.reason) > width
+            reason = r.reason[:width - 3] + "..." if cut else r.reason
             rows.append((r.lab if first else "", r.exercise, f"{_MARKS[r.status]} {r.status}",
                          f"{r.points:g}/{r.max_points:g}", reason))
             if i + 1 == len(self.rows) or self.rows[i + 1].lab != r.lab:
@@ -67,8 +69,8 @@ class ProgressTable:
         rows.append(("all labs", "", "", f"{got:g}/{top:g}", ""))
         widths = [max(len(row[c]) for row in [header] + rows) for c in range(len(header))]
         line = lambda row: "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip()  # noqa: E731
-        return "\n".join([line(header), line(tuple("-" * w for w in widths))]
-                         + [line(r) for r in rows])
+        rule = tuple("-" * w for w in widths[:-1]) + ("-" * min(widths[-1], 40),)
+        return "\n".join([line(header), line(rule)] + [line(r) for r in rows])
 
     __str__ = text
 
