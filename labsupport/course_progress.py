@@ -85,7 +85,8 @@ class ProgressTable:
         totals = self.totals()
         for i, r in enumerate(self.rows):
             lab = html.escape(r.lab) if i == 0 or self.rows[i - 1].lab != r.lab else ""
-            mark = f"<span style='color:{colour[r.status]}'>{_MARKS[r.status]} {r.status}</span>"
+            mark = (f"<span style='color:{colour[r.status]};white-space:nowrap'>"
+                    f"{_MARKS[r.status]} {r.status}</span>")
             out.append(f"<tr><td style='{cell}'>{lab}</td><td style='{cell}'><code>"
                        f"{html.escape(r.exercise)}</code></td><td style='{cell}'>{mark}</td>"
                        f"<td style='{cell}'>{r.points:g}/{r.max_points:g}</td>"
