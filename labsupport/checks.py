@@ -46,18 +46,7 @@ class CheckFailure(AssertionError):
         try:
             return _verdict.render_failure(self)
         except Exception:  # noqa: BLE001 - a verdict must never hide the error: plain traceback
-            return _plain_traceback(self)
-
-
-def _plain_traceback(exc):
-    try:
-        from IPython import get_ipython
-
-        return get_ipython().InteractiveTB.structured_traceback(type(exc), exc, exc.__traceback__)
-    except Exception:  # noqa: BLE001
-        import traceback
-
-        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()
+            return _verdict.plain_traceback(self)
 
 
 def passed(name, detail=""):

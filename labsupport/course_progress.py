@@ -80,7 +80,7 @@ class ProgressTable:
     def _repr_html_(self):
         colour = {PASSED: "#1a7f37", FAILED: "#cf222e", NOT_ATTEMPTED: "#6e7781"}
         cell = "padding:2px 10px;text-align:left;vertical-align:top"
-        out = [f"<table><tr>" + "".join(f"<th style='{cell}'>{h}</th>" for h in
+        out = ["<table><tr>" + "".join(f"<th style='{cell}'>{h}</th>" for h in
                                         ("lab", "exercise", "result", "points", "reason")) + "</tr>"]
         totals = self.totals()
         for i, r in enumerate(self.rows):

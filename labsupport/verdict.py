@@ -26,8 +26,8 @@ import site
 import sys
 import sysconfig
 
-__all__ = ["check_name", "render_failure", "render_not_implemented", "student_frames",
-           "rank_frames", "is_student_file"]
+__all__ = ["check_name", "render_failure", "render_not_implemented", "plain_traceback",
+           "student_frames", "rank_frames", "is_student_file", "NotImplementedRender"]
 
 MARK = "✘"
 _RED, _BOLD, _GREEN, _CYAN, _RESET = "\x1b[1;31m", "\x1b[1m", "\x1b[0;32m", "\x1b[0;36m", "\x1b[0m"
@@ -211,6 +211,16 @@ def render_failure(exc, name=None):
     if mine:
         lines += ["", f"{_CYAN}Your code, on rank {found.group(1)}:{_RESET}"] + _frame_lines(mine)
     return lines
+
+
+def plain_traceback(exc):
+    """IPython's usual traceback of ``exc`` (what a verdict falls back to if it cannot be drawn)."""
+    try:
+        return _shell().InteractiveTB.structured_traceback(type(exc), exc, exc.__traceback__)
+    except Exception:  # noqa: BLE001 - not in IPython, or its formatter failed
+        import traceback
+
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()
 
 
 def render_not_implemented(name, message):
