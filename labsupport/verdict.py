@@ -33,7 +33,8 @@ MARK = "✘"
 _RED, _BOLD, _GREEN, _CYAN, _RESET = "\x1b[1;31m", "\x1b[1m", "\x1b[0;32m", "\x1b[0;36m", "\x1b[0m"
 _LAB_CHECKS = re.compile(r"^labsupport\.\w+\.checks$")
 _RANK_TB = re.compile(r"^\s*--- original traceback from rank (\d+) ---\s*$", re.M)
-_TB_FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>.+)$')
+_TB_FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>.+)$'
+                       r'|^  (?P<cell>Cell In\[\d+\]), line (?P<cline>\d+), in (?P<cfunc>.+)$')
 _DYNAMIC = "<dynamic-code>"  # cloudpickle's file name for a function shipped by value to a rank
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -98,7 +99,8 @@ def _where(filename, lineno, func):
     """'Cell In[5], line 3, in f' for a notebook cell (as IPython names it), else the file."""
     shell = _shell()
     count = getattr(getattr(shell, "compile", None), "_filename_map", {}).get(filename)
-    place = f"Cell In[{count}]" if count is not None else f'File "{filename}"'
+    place = (f"Cell In[{count}]" if count is not None else filename
+             if filename.startswith("Cell In[") else f'File "{filename}"')
     return f"{place}, line {lineno}" + (f", in {func}" if func and func != "<module>" else "")
 
 
@@ -162,14 +164,18 @@ def _locate(func, lineno, codes):
 
 def rank_frames(traceback_text):
     """The student's frames in a rank's traceback text (as ``labsupport.launch`` reports it):
-    [(file, line, function, source)]. Functions shipped by value (cloudpickle names their file
-    ``<dynamic-code>``) are mapped back to the notebook cell that defined them."""
+    [(file, line, function, source)]. Frames the launcher already named ``Cell In[7]`` keep that
+    name; functions shipped by value (cloudpickle names their file ``<dynamic-code>``) are mapped
+    back to the notebook cell that defined them."""
     frames, codes, lines = [], None, traceback_text.splitlines()
     for i, line in enumerate(lines):
         m = _TB_FRAME.match(line)
-        if not m or not is_student_file(m["file"]):
+        if m and m["cell"]:  # the launcher already named it as IPython does
+            filename, lineno, func = m["cell"], int(m["cline"]), m["cfunc"]
+        elif m and is_student_file(m["file"]):
+            filename, lineno, func = m["file"], int(m["line"]), m["func"]
+        else:
             continue
-        filename, lineno, func = m["file"], int(m["line"]), m["func"]
         source = ""
         if i + 1 < len(lines) and lines[i + 1].startswith("    ") and not _TB_FRAME.match(lines[i + 1]):
             source = lines[i + 1].strip()
@@ -207,7 +213,9 @@ def render_failure(exc, name=None):
         lines += ["", f"{_CYAN}Your code:{_RESET}"] + _frame_lines(frames)
         if cause is not None:
             lines.append(f"{type(cause).__name__}: {cause}".split("\n", 1)[0])
-    mine = rank_frames(rank_tb) if rank_tb else []
+    # The launcher's own report ("Where each rank was:") already shows every rank's frames in
+    # the student's code: then the traceback adds nothing.
+    mine = rank_frames(rank_tb) if rank_tb and "\nWhere each rank was:" not in body else []
     if mine:
         lines += ["", f"{_CYAN}Your code, on rank {found.group(1)}:{_RESET}"] + _frame_lines(mine)
     return lines

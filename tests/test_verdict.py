@@ -119,6 +119,26 @@ def test_a_ranks_dynamic_code_frames_map_back_to_the_notebook_cell(monkeypatch):
         "      y = t @ torch.ones(7, 2)"]
 
 
+def test_frames_the_launcher_named_are_kept_and_its_own_report_is_not_repeated():
+    tb = ('Traceback (most recent call last):\n'
+          f'  File "{verdict._PACKAGE}checks.py", line 44, in call_student\n'
+          '    return fn(*args, **kwargs)\n'
+          '  Cell In[3], line 8, in ring_all_gather\n'
+          '      y = helper(tensor)\n'
+          'RuntimeError: boom')
+    assert verdict.rank_frames(tb) == [("Cell In[3]", 8, "ring_all_gather", "y = helper(tensor)")]
+    head = "x failed with 2 ranks: rank 1 raised RuntimeError: boom\n"
+    ours = checks.CheckFailure(f"{head}\n--- original traceback from rank 1 ---\n{tb}", name="x")
+    assert shown(ours._render_traceback_()).splitlines()[-3:] == [
+        "Your code, on rank 1:", "  Cell In[3], line 8, in ring_all_gather", "      y = helper(tensor)"]
+    where = ("Where each rank was:\n  rank 1: raised RuntimeError: boom\n"
+             "      Cell In[3], line 8, in ring_all_gather\n          y = helper(tensor)\n")
+    theirs = checks.CheckFailure(f"{head}{where}\n--- original traceback from rank 1 ---\n{tb}",
+                                 name="x")
+    text = shown(theirs._render_traceback_())
+    assert "Your code" not in text and text.count("Cell In[3], line 8") == 1
+
+
 def test_a_verdict_that_cannot_be_drawn_falls_back_to_the_plain_traceback(monkeypatch):
     def broken(exc):
         raise RuntimeError("drawing failed")
@@ -164,9 +184,10 @@ def test_in_a_kernel_verdicts_replace_tracebacks_and_the_students_own_errors_kee
         "predict_saved_bytes is not implemented yet")
     text = ANSI.sub("", "\n".join(rank.traceback))
     assert text.startswith(f"✘ ring_all_gather: failed with 2 ranks: rank {who} multiplied")
-    assert f"Your code, on rank {who}:" in text and "labsupport" not in text
-    assert "Cell In[2], line 5, in ring_all_gather\n      y = helper(tensor)" in text
-    assert "Cell In[2], line 2, in helper\n      return t @ torch.ones(7, 2)" in text
+    assert "labsupport" not in text and "Traceback" not in text
+    # The rank's frames in the student's cell (the launcher's "where each rank was", or ours).
+    assert re.search(r"Cell In\[2\], line 5, in ring_all_gather\n\s+y = helper\(tensor\)", text)
+    assert re.search(r"Cell In\[2\], line 2, in helper\n\s+return t @ torch.ones\(7, 2\)", text)
     assert ANSI.sub("", "\n".join(todo.traceback)).startswith("✘ predict_saved_bytes: not implemented yet")
     assert len(todo.traceback) == 2
     # An error in the student's own function keeps IPython's traceback down to their line.
