@@ -4,7 +4,8 @@ A failed check raises :class:`CheckFailure` (an ``AssertionError``) whose messag
 wrong in the terms of the lab ("the shards are joined along dim 0; the column shards of Y must be
 joined along the last dim"), never a bare ``assert``. A student's function is called through
 :func:`call_student`: one that still raises ``NotImplementedError`` gives a
-``NotImplementedError`` that says which exercise is unfinished.
+``NotImplementedError`` that says which exercise is unfinished. In a notebook both read as a
+compact verdict ("✘ name: ..."), not a traceback through this package (``labsupport.verdict``).
 """
 from __future__ import annotations
 
@@ -12,13 +13,40 @@ import re
 
 import torch
 
+from . import verdict as _verdict
+
 __all__ = ["CheckFailure", "assert_close", "assert_grads_match", "call_student", "check_function",
            "explain_mismatch", "explain_rank_error", "is_stub_error", "launch_check", "not_implemented",
            "passed"]
 
 
 class CheckFailure(AssertionError):
-    """A check's verdict on a wrong answer; the message names the mistake in the lab's terms."""
+    """A check's verdict on a wrong answer; the message names the mistake in the lab's terms.
+
+    ``name`` is the exercise it is about: given by the toolkit where it knows it, else found from
+    the check function the failure came through (:func:`labsupport.verdict.check_name`), so a
+    lab's checks raise ``CheckFailure(message)`` and still get named. In IPython it renders as a
+    verdict -- "✘ name: message", the message's facts, the student's own frames -- instead of a
+    traceback; type and message stay what nbval, ``labs grade`` and nbgrader read.
+    """
+
+    def __init__(self, *args, name=None):
+        super().__init__(*args)
+        self._name = name
+
+    @property
+    def name(self):
+        return self._name or _verdict.check_name(self)
+
+    @name.setter
+    def name(self, value):
+        self._name = value
+
+    def _render_traceback_(self):
+        try:
+            return _verdict.render_failure(self)
+        except Exception:  # noqa: BLE001 - a verdict must never hide the error: plain traceback
+            return _verdict.plain_traceback(self)
 
 
 def passed(name, detail=""):
@@ -26,9 +54,14 @@ def passed(name, detail=""):
 
 
 def not_implemented(name):
-    return NotImplementedError(
+    """The error of a check whose exercise ``name`` is unfinished: a ``NotImplementedError`` (that
+    name is what graders read) that renders in IPython as a two-line verdict."""
+    exc = NotImplementedError(
         f"{name} is not implemented yet: replace `raise NotImplementedError()` in its exercise "
         "cell with your code, run that cell, then run this check again.")
+    exc.name = name
+    exc._render_traceback_ = _verdict.NotImplementedRender(name, str(exc))
+    return exc
 
 
 def call_student(fn, *args, name=None, **kwargs):
@@ -176,7 +209,7 @@ def check_function(student_fn, reference_fn, make_inputs, *, name=None, trials=3
         problem = explain_mismatch(got, want, what=f"{name}'s result", rtol=rtol, atol=atol,
                                    world_size=world_size)
         if problem:
-            raise CheckFailure(f"trial {trial + 1} (inputs of shape {shapes}): {problem}")
+            raise CheckFailure(f"trial {trial + 1} (inputs of shape {shapes}): {problem}", name=name)
     passed(name, f"{trials} random trials, rtol={rtol:g}, atol={atol:g}")
 
 
@@ -245,7 +278,8 @@ def _rank_failure(name, world_size, exc):
     log = exc.outputs[exc.rank] if exc.rank is not None and exc.rank < len(exc.outputs) else ""
     cause = explain_rank_error(exc.traceback, exc.rank) or explain_rank_error(log, exc.rank)
     body = report if cause else rest
-    return CheckFailure(f"{name} failed with {world_size} ranks: {cause or head}\n{body}".rstrip())
+    return CheckFailure(f"{name} failed with {world_size} ranks: {cause or head}\n{body}".rstrip(),
+                        name=name)
 
 
 def launch_check(name, rank_fn, world_size, *args, timeout_s=20, hang_hint="", diagnose=None,
@@ -271,13 +305,14 @@ def launch_check(name, rank_fn, world_size, *args, timeout_s=20, hang_hint="", d
             raise not_implemented(name) from None
         verdict = diagnose(exc) if diagnose is not None else None
         if verdict:
-            raise CheckFailure(f"{name} failed with {world_size} ranks: {verdict}") from None
+            raise CheckFailure(f"{name} failed with {world_size} ranks: {verdict}",
+                               name=name) from None
         if exc.timed_out:
             # The launcher's diagnosis names the pattern ("ranks 0 → 1 → 2 → 0 each wait in
             # send on the next ..."); the hint says what usually causes it in this exercise.
             seen = "".join(f" {d[0].upper()}{d[1:]}." for d in exc.diagnosis)
             raise CheckFailure(
                 f"{name} hung with {world_size} ranks: a rank waited more than {timeout_s} s in "
-                f"a collective or send/recv that no peer matched.{seen} {hang_hint}".strip()
-            ) from None
+                f"a collective or send/recv that no peer matched.{seen} {hang_hint}".strip(),
+                name=name) from None
         raise _rank_failure(name, world_size, exc) from None

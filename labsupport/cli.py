@@ -79,11 +79,46 @@ def cmd_grade(args):
     return 0
 
 
-def cmd_check(args):
-    from .devices import describe_hardware
+def cmd_progress(args):
+    """The student's standing: every exercise of their notebooks, graded as `labs grade` would."""
+    from .course_progress import progress_table
 
-    describe_hardware()
+    try:
+        table = progress_table(args.folder, lab=args.lab or None)
+    except ValueError as exc:
+        print(f"labs progress: {exc}", file=sys.stderr)
+        return 2
+    print(table.text())
     return 0
+
+
+def cmd_check(args):
+    """The hardware report, then what is missing from the install and the command that fixes it;
+    exit status 1 when something the labs need is missing."""
+    from . import install_check
+
+    try:
+        from .devices import describe_hardware
+
+        describe_hardware()
+    except ImportError as exc:  # torch missing or broken: the list below says how to fix it
+        print(f"no hardware report: {exc}")
+    found = install_check.probe()
+    note = install_check.platform_note(found.system)
+    if note:
+        print("\n" + note)
+    problems = install_check.find_problems(found, *install_check.requirements())
+    required = [p for p in problems if p.required]
+    for title, group in (("Missing for the labs", required),
+                         ("Optional (tests, disk space, GPU use)", [p for p in problems if not p.required])):
+        if group:
+            print(f"\n{title}:")
+            for p in group:
+                print(f"  ✘ {p.what}\n      {p.fix}")
+    if not required:
+        print("\nEverything the labs need is installed" + (": `labs open` starts the course."
+                                                          if not problems else "."))
+    return 1 if required else 0
 
 
 def cmd_plan(args):
@@ -127,9 +162,13 @@ def cmd_plan(args):
 
 
 def cmd_open(args):
-    """Start JupyterLab on the student notebooks (or the solutions, for instructors)."""
+    """Start JupyterLab on the student notebooks (or the solutions, for instructors), showing the
+    course's home page first."""
     folder = course.repo_root() / ("solutions" if args.solutions else "notebooks")
     argv = [sys.executable, "-m", "jupyterlab", f"--notebook-dir={folder}"]
+    if (folder / course.HOME).is_file():
+        # LabApp's, not ServerApp's: JupyterLab sets the server's default_url to its own ("/lab").
+        argv.append(f"--LabApp.default_url=/lab/tree/{course.HOME}")
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         argv.append("--allow-root")  # JupyterLab refuses to run as root without it (containers, CI)
     argv += args.jupyter_args
@@ -171,6 +210,13 @@ def main(argv=None):
     p.add_argument("--run-demos", action="store_true",
                    help="also run demonstration cells (slower; the grades are the same)")
     p.set_defaults(func=cmd_grade)
+
+    p = sub.add_parser("progress", help="your exercises, graded: passed / failed (why) / not attempted")
+    p.add_argument("folder", nargs="?", default=None,
+                   help="the folder of your notebooks (default: the course's notebooks/)")
+    p.add_argument("--lab", action="append", metavar="NN",
+                   help="only this lab (number or name); repeat for several")
+    p.set_defaults(func=cmd_progress)
 
     p = sub.add_parser("check", help="report CPUs, GPUs, the distributed backend and versions")
     p.set_defaults(func=cmd_check)

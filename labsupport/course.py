@@ -47,9 +47,19 @@ def repo_root(start=None):
     return Path(__file__).resolve().parent.parent
 
 
+HOME = "00_start_here.ipynb"  # the course's home page: named to sort first, but not a lab
+
+
 def lab_paths(root=None, folder="solutions"):
-    """Lab notebooks in ``folder`` (solutions or notebooks), sorted by lab number."""
-    return sorted((repo_root(root) / folder).glob("[0-9][0-9]_*.ipynb"))
+    """Lab notebooks in ``folder`` (solutions or notebooks), sorted by lab number (the home page
+    :data:`HOME` is not a lab)."""
+    return sorted(p for p in (repo_root(root) / folder).glob("[0-9][0-9]_*.ipynb") if p.name != HOME)
+
+
+def home_path(root=None, folder="notebooks"):
+    """The home page in ``folder`` (what ``labs open`` shows first); built from solutions/ like
+    the labs."""
+    return repo_root(root) / folder / HOME
 
 
 def find_lab(number_or_name, root=None, folder="solutions"):
@@ -189,12 +199,14 @@ class BuildResult:
 
 
 def build(root=None, check_only=False):
-    """Write notebooks/ from solutions/. With ``check_only``, write nothing and list what differs."""
+    """Write notebooks/ from solutions/ (the labs and the home page). With ``check_only``, write
+    nothing and list what differs."""
     root = repo_root(root)
     out_dir = root / "notebooks"
     out_dir.mkdir(exist_ok=True)
     written, unchanged = [], []
-    for path in lab_paths(root):
+    home = home_path(root, "solutions")
+    for path in lab_paths(root) + ([home] if home.is_file() else []):
         text = render(build_student(nbformat.read(path, as_version=4), name=path.name))
         target = out_dir / path.name
         if target.exists() and target.read_text(encoding="utf-8") == text:

@@ -120,3 +120,15 @@ def test_plan_bad_input_and_no_fit(capsys, args, code, message):
     assert main(argv) == code
     captured = capsys.readouterr()
     assert message in captured.out + captured.err
+
+
+def test_open_starts_jupyterlab_on_the_home_page(monkeypatch):
+    from labsupport import cli, course
+
+    seen = []
+    monkeypatch.setattr(cli.os, "execv", lambda exe, argv: seen.append(argv))
+    cli.main(["open", "--no-browser"])
+    argv = seen[0]
+    assert argv[1:3] == ["-m", "jupyterlab"] and "--no-browser" in argv
+    assert f"--notebook-dir={course.repo_root() / 'notebooks'}" in argv
+    assert f"--LabApp.default_url=/lab/tree/{course.HOME}" in argv

@@ -1,4 +1,5 @@
 """One source for notebooks: the build, its sync with notebooks/, and committed notebooks' hygiene."""
+import re
 import subprocess
 import sys
 
@@ -157,3 +158,42 @@ def test_labs_build_check_reports_in_sync():
     run = subprocess.run([sys.executable, "-m", "labsupport.cli", "build", "--check"],
                          cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_home_page_is_built_like_a_lab_but_is_not_one(tmp_path):
+    for folder in ("solutions", "notebooks"):
+        assert course.home_path(ROOT, folder).is_file()
+        assert course.HOME not in [p.name for p in course.lab_paths(ROOT, folder)]
+    assert course.find_lab("00", ROOT).stem == "00_ranks_and_collectives"
+    home = course.home_path(ROOT, "solutions")
+    expected = course.render(course.build_student(nbformat.read(home, as_version=4), home.name))
+    assert course.home_path(ROOT).read_text() == expected, "notebooks/ home page: run `labs build`"
+    for path in (home, course.home_path(ROOT)):
+        nb = nbformat.read(path, as_version=4)
+        assert all(c.outputs == [] for c in nb.cells if c.cell_type == "code")
+    # A tiny course: `labs build` writes the home page beside the lab; neither grading nor
+    # `labs run 00` takes it for lab 00.
+    (tmp_path / "labsupport").mkdir()
+    (tmp_path / "solutions").mkdir()
+    nbformat.write(new_notebook(cells=[_exercise("### BEGIN SOLUTION\nx = 1\n### END SOLUTION"),
+                                       _check("assert x == 1")]),
+                   tmp_path / "solutions" / "00_tiny.ipynb")
+    nbformat.write(new_notebook(cells=[new_markdown_cell("# Start here")]),
+                   tmp_path / "solutions" / course.HOME)
+    result = course.build(tmp_path)
+    assert sorted(p.name for p in result.written) == [course.HOME, "00_tiny.ipynb"]
+    assert [p.name for p in course.lab_paths(tmp_path, "notebooks")] == ["00_tiny.ipynb"]
+    assert course.find_lab("00", tmp_path).name == "00_tiny.ipynb"
+
+
+def test_the_home_page_lists_every_lab_and_each_lab_states_its_time_and_prerequisites():
+    home = nbformat.read(course.home_path(ROOT), as_version=4)
+    text = "\n".join(c.source for c in home.cells)
+    for path in SOLUTIONS:
+        assert f"[{path.stem}]({path.name})" in text, f"the home page does not link {path.name}"
+        first = nbformat.read(path, as_version=4).cells[0]
+        line = first.source.splitlines()[2]
+        assert first.cell_type == "markdown" and first.source.startswith("# Lab ")
+        assert re.fullmatch(r"\*≈ [\d.]+ h?(min)?.* · before: .+ · runs .+ · the solution runs in "
+                            r"(≈ [\d.]+ min|\d+ s) on 2 cores\*", line), f"{path.name}: {line!r}"
+    assert "progress_table()" in text and "labs progress" in text and "labs check" in text
