@@ -2,14 +2,15 @@
 
     python benchmarks/capstone.py [--steps 12] [--layouts 1x1x1 1x1x2 1x2x1 1x2x2 2x2x2 1x2x2sp]
 
-Layouts are dp×pp×tp (suffix ``sp``: with sequence parallelism over the TP group). Each trains the lab's model (4 blocks, h=64, 4 heads, context 32, batch
-8 sequences, 2 micro-batches per pipeline, fp32, one thread per rank) for ``--steps`` steps; the
-first step (warm-up) and the last (recorded: every collective timed, which slows the step) are
-left out of the median. Printed per layout: median ms per step (slowest rank), tokens/s, the
-ratio to the first layout (speed-up), and the time inside TP and DP collectives as a share of the
-step, from the recorded step (the rest is compute, pipeline bubble and send/recv waits). The
-host's core count and load come first: with more ranks than cores, ranks take turns on the cores,
-and every figure measures that sharing too (a GPU node gives each rank its own device).
+Layouts are dp×pp×tp (suffix ``sp``: with sequence parallelism over the TP group). Each trains the
+lab's model (4 blocks, h=64, 4 heads, context 32, batch 8 sequences, 2 micro-batches per pipeline,
+fp32, one thread per rank) for ``--steps`` steps; the first step (warm-up) and the last (recorded:
+every collective timed, which slows the step) are left out of the median. Printed per layout: median
+ms per step (slowest rank), tokens/s, the ratio to the first layout (speed-up), and the time inside
+TP and DP collectives as a share of the step, from the recorded step (the rest is compute, pipeline
+bubble and send/recv waits). The host's core count and load come first: with more ranks than cores,
+ranks take turns on the cores, and every figure measures that sharing too (a GPU node gives each
+rank its own device).
 """
 from __future__ import annotations
 

@@ -260,9 +260,9 @@ def toy_results():
 
 
 def test_toy_layouts_predicted_within_5_percent(toy_results):
-    """The course's parts on gloo ranks -- plain, TP, TP+SP, PP with 1F1B, DP (DDP), ZeRO-1 (torch's)
-    and ZeRO-3 (FSDP2), TP x DP, full and selective recomputation, fp32: every rank's model
-    state after the step and saved activations within 5 % of the planner; per group (TP, PP,
+    """The course's parts on gloo ranks -- plain, TP, TP+SP, PP with 1F1B, DP (DDP), ZeRO-1
+    (torch's) and ZeRO-3 (FSDP2), TP x DP, full and selective recomputation, fp32: every rank's
+    model state after the step and saved activations within 5 % of the planner; per group (TP, PP,
     DP, told apart by the ranks each logged call ran on) the bytes handed to each collective
     and the bytes sent exactly as predicted, the calls too (DP: DDP's buckets, FSDP2's units
     split the same bytes into more calls); the host's loopback bytes within 5 % (messages of

@@ -61,7 +61,8 @@ class Layout:
         return (d * self.pp + s) * self.tp + t
 
     def __str__(self) -> str:
-        return f"dp={self.dp}×pp={self.pp}×tp={self.tp}" + ("+SP" if self.sequence_parallel else "")
+        sp = "+SP" if self.sequence_parallel else ""
+        return f"dp={self.dp}×pp={self.pp}×tp={self.tp}{sp}"
 
 
 def mesh_ranks(world_size: int, dp: int, pp: int, tp: int) -> dict:

@@ -7,9 +7,9 @@ rank (the planner's ``vocab_parallel=False``). With sequence parallelism (the co
 sequence-parallel layers, Korthikanti et al. 2022) the blocks work on this rank's s/t tokens: the
 embedding's output is scattered into the sequence shards, the final LayerNorm's output gathered
 back for the replicated output layer, and the LayerNorms and row-parallel biases, which see only
-their tokens, are marked (``mark_sequence_parallel``) for ``sync_sequence_parallel_grads``. One ``ToyStage`` is one pipeline
-stage on one TP rank; ``labsupport.planner.toy`` wraps it for data parallelism (DDP, ZeRO-1,
-FSDP2).
+their tokens, are marked (``mark_sequence_parallel``) for ``sync_sequence_parallel_grads``. One
+``ToyStage`` is one pipeline stage on one TP rank; ``labsupport.planner.toy`` wraps it for data
+parallelism (DDP, ZeRO-1, FSDP2).
 """
 from __future__ import annotations
 
