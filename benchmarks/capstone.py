@@ -1,15 +1,16 @@
 """The capstone GPT on every layout: step time, tokens/s, communication's share per group.
 
-    python benchmarks/capstone.py [--steps 12] [--layouts 1x1x1 1x1x2 1x2x1 1x2x2 2x2x2]
+    python benchmarks/capstone.py [--steps 12] [--layouts 1x1x1 1x1x2 1x2x1 1x2x2 2x2x2 1x2x2sp]
 
-Layouts are dp×pp×tp. Each trains the lab's model (4 blocks, h=64, 4 heads, context 32, batch
-8 sequences, 2 micro-batches per pipeline, fp32, one thread per rank) for ``--steps`` steps; the
-first step (warm-up) and the last (recorded: every collective timed, which slows the step) are
-left out of the median. Printed per layout: median ms per step (slowest rank), tokens/s, the
-ratio to the first layout (speed-up), and the time inside TP and DP collectives as a share of the
-step, from the recorded step (the rest is compute, pipeline bubble and send/recv waits). The
-host's core count and load come first: with more ranks than cores, ranks take turns on the cores,
-and every figure measures that sharing too (a GPU node gives each rank its own device).
+Layouts are dp×pp×tp (suffix ``sp``: with sequence parallelism over the TP group). Each trains the
+lab's model (4 blocks, h=64, 4 heads, context 32, batch 8 sequences, 2 micro-batches per pipeline,
+fp32, one thread per rank) for ``--steps`` steps; the first step (warm-up) and the last (recorded:
+every collective timed, which slows the step) are left out of the median. Printed per layout: median
+ms per step (slowest rank), tokens/s, the ratio to the first layout (speed-up), and the time inside
+TP and DP collectives as a share of the step, from the recorded step (the rest is compute, pipeline
+bubble and send/recv waits). The host's core count and load come first: with more ranks than cores,
+ranks take turns on the cores, and every figure measures that sharing too (a GPU node gives each
+rank its own device).
 """
 from __future__ import annotations
 
@@ -25,8 +26,11 @@ from labsupport.gpt.train import train_parallel  # noqa: E402
 
 
 def _layout(text):
-    dp, pp, tp = (int(x) for x in text.lower().split("x"))
-    return Layout(dp, pp, tp)
+    """'dpxppxtp', with an 'sp' suffix for sequence parallelism: '1x2x2sp'."""
+    text = text.lower()
+    sp = text.endswith("sp")
+    dp, pp, tp = (int(x) for x in text.removesuffix("sp").split("x"))
+    return Layout(dp, pp, tp, sequence_parallel=sp)
 
 
 def main(argv=None):

@@ -1,6 +1,8 @@
 """Lab 07 (labsupport.gpt): corpus and tokenizer, bad runs refused before launch, and loss parity.
 
-Parity, asserted for every layout the lab uses, against the same run in one process:
+Parity, asserted for every layout the lab uses, and for tp=2 and pp=2×tp=2 with sequence
+parallelism (``+sp``: trained in the same launch as the layout without), against the same run in
+one process:
 
 * float64 (tight): every step's loss within 1e-10 relative and every final parameter within
   1e-9. The layouts compute the same math in another order; float64 rounding (unit roundoff
@@ -17,6 +19,7 @@ Parity, asserted for every layout the lab uses, against the same run in one proc
 * activation checkpointing on vs off: bit-identical losses and parameters (recomputation runs
   the same kernels on the same numbers).
 """
+import dataclasses
 import os
 import subprocess
 import sys
@@ -26,7 +29,8 @@ import torch
 
 import labsupport
 from labsupport.gpt import (GPT, Layout, RunConfig, build_stage, check_run, corpus_facts,
-                            corpus_tokens, gpt_config, mesh_ranks, train_rank, train_reference)
+                            corpus_tokens, gpt_config, mesh_ranks, train_parallel, train_rank,
+                            train_reference)
 from labsupport.gpt import report, traffic
 from labsupport.tensor_parallel import padded_vocab_size
 
@@ -81,15 +85,33 @@ def test_hidden_and_vocab_not_divisible():
         check_run(RunConfig(model=unpadded, layout=Layout(tp=2)))
 
 
+def test_sequence_parallel_bad_input_names_the_fix(monkeypatch):
+    monkeypatch.setattr(labsupport.launcher, "launch", lambda *a, **k: pytest.fail("launched"))
+    with pytest.raises(ValueError, match=r"sequence length 30 is not divisible by tp=4: .* Use "
+                                         r"block_size=32 .* or sequence_parallel=False"):
+        check_run(RunConfig(model=gpt_config(TOK, block_size=30), steps=2,
+                            layout=Layout(tp=4, sequence_parallel=True)))
+    with pytest.raises(ValueError, match="needs tp >= 2"):
+        Layout(pp=2, sequence_parallel=True)
+    run = RunConfig(model=CFG, steps=2, layout=Layout(tp=2, sequence_parallel=True))
+    with pytest.raises(ValueError, match=r"tensor parallel only.*leave 'block' out of pieces"):
+        train_parallel(run, pieces={"block": object})
+    assert str(run.layout) == "dp=1×pp=1×tp=2+SP"
+
+
 # --- parity --------------------------------------------------------------------------------------
 
-def _runs(layout, steps, checkpointing=False, sample_chars=0, **extra):
+def _runs(layout, steps, checkpointing=False, sample_chars=0, sp_extra=None, **extra):
     base = dict(model=CFG, layout=layout, steps=steps)
     # text is sampled after the float64 run: its model equals one process's to 1e-12, so the
     # same seed draws the same characters (float32's 1e-5 could flip a draw now and then)
     runs = [RunConfig(**base, **extra), RunConfig(**base, dtype="float64", sample_chars=sample_chars)]
     if checkpointing:  # the same fp32 run with activation checkpointing per block
         runs.append(RunConfig(**base, activation_checkpointing=True))
+    if sp_extra is not None:  # the same layout with sequence parallelism, in the same launch
+        sp = dict(base, layout=dataclasses.replace(layout, sequence_parallel=True))
+        runs += [RunConfig(**sp, **sp_extra),
+                 RunConfig(**sp, dtype="float64", sample_chars=sample_chars)]
     return runs
 
 
@@ -97,25 +119,39 @@ def _train_all(rank, world_size, runs):
     return [train_rank(rank, world_size, run, 30) for run in runs]
 
 
-LAYOUTS = {"1x1": (Layout(), 20, {}), "tp2": (Layout(tp=2), 20, {}),
+# name: (layout, steps, extras). "sp_extra": its "+sp" variant (sequence parallelism) trains in
+# the same launch (launches are the slow part), its fp32 run with these extras.
+LAYOUTS = {"1x1": (Layout(), 20, {}), "tp2": (Layout(tp=2), 20, {"sp_extra": {}}),
            "pp2": (Layout(pp=2), 20, {}),
            "pp2xtp2": (Layout(pp=2, tp=2), 20, {"sample_chars": 40, "log_steps": (18, 19),
-                                                "checkpointing": True}),
+                                                "checkpointing": True,
+                                                "sp_extra": {"log_steps": (18, 19),
+                                                             "memory_steps": (1,)}}),
            "dp2xpp2xtp2": (Layout(2, 2, 2), 4, {"log_steps": (2, 3), "memory_steps": (1,)})}
+SP_LAYOUTS = [f"{name}+sp" for name, (_, _, extra) in LAYOUTS.items() if "sp_extra" in extra]
 
 
 @pytest.fixture(scope="module")
 def trained():
-    cache = {}
+    cache, references = {}, {}
+
+    def reference(run):  # one process does not care about the layout: train it once per run
+        key = dataclasses.replace(run, layout=Layout(), log_steps=(), memory_steps=())
+        if key not in references:
+            references[key] = train_reference(key)
+        return references[key]
 
     def get(name):
-        if name not in cache:
-            layout, steps, extra = LAYOUTS[name]
+        base = name.removesuffix("+sp")
+        if base not in cache:
+            layout, steps, extra = LAYOUTS[base]
             runs = _runs(layout, steps, **extra)
             per_rank = labsupport.launch(_train_all, layout.world_size, runs, timeout_s=60)
-            cache[name] = [(run, [r[k] for r in per_rank],
-                            None if run.activation_checkpointing else train_reference(run))
-                           for k, run in enumerate(runs)]
+            for k, run in enumerate(runs):
+                entry = (run, [r[k] for r in per_rank],
+                         None if run.activation_checkpointing else reference(run))
+                cache.setdefault(base + ("+sp" if run.layout.sequence_parallel else ""),
+                                 []).append(entry)
         return cache[name]
     return get
 
@@ -137,7 +173,7 @@ def _param_errors(run, results, ref_model):
     return out
 
 
-@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize("name", [*LAYOUTS, *SP_LAYOUTS])
 def test_loss_and_parameters_equal_one_process(trained, name):
     (fp32, res32, ref32), (fp64, res64, ref64), *checkpointed = trained(name)
     for r in res64:
@@ -160,12 +196,14 @@ def test_loss_and_parameters_equal_one_process(trained, name):
             assert list(ranks) in expected[dim]
 
 
-def test_sample_is_the_same_text_on_the_mesh(trained):
-    _, (run, res, ref), *_ = trained("pp2xtp2")
+@pytest.mark.parametrize("name", ["pp2xtp2", "pp2xtp2+sp"])
+def test_sample_is_the_same_text_on_the_mesh(trained, name):
+    # with sequence parallelism the context (1..32 characters) is padded to a multiple of tp
+    _, (run, res, ref), *_ = trained(name)
     assert len(ref.sample) == 40 and all(r["sample"] == ref.sample for r in res)
 
 
-@pytest.mark.parametrize("name", ["pp2xtp2", "dp2xpp2xtp2"])
+@pytest.mark.parametrize("name", ["pp2xtp2", "pp2xtp2+sp", "dp2xpp2xtp2"])
 def test_bytes_per_group_match_the_formulas_and_the_wire(trained, name):
     (run, res, _), *_ = trained(name)
     predicted = traffic.predicted_bytes(run, [r["param_bytes"] for r in res])
@@ -201,14 +239,24 @@ def test_report_tables(trained):
     assert rows[0]["model_state_bytes"] == 4 * 4 * rows[0]["params"]
 
 
-def test_memory_per_rank_equals_the_formulas(trained):
+@pytest.mark.parametrize("name", ["dp2xpp2xtp2", "pp2xtp2+sp"])
+def test_memory_per_rank_equals_the_formulas(trained, name):
     """CPU accounting is deterministic: every category of every rank, exactly as predicted
-    (model state, 1F1B micro-batches in flight, the executor's receive-ahead, the DP buffer)."""
-    (run, res, _), *_ = trained("dp2xpp2xtp2")
+    (model state, 1F1B micro-batches in flight, the executor's receive-ahead, the DP buffer;
+    with sequence parallelism the replicated region's tensors at 1/t)."""
+    (run, res, _), *_ = trained(name)
+    if run.layout.sequence_parallel:  # SP shrinks every rank's activations, nothing else
+        tp_only = dataclasses.replace(run, layout=dataclasses.replace(run.layout,
+                                                                      sequence_parallel=False))
+        for r in res:
+            sp, tp = (report.memory_prediction(x, r["coords"]) for x in (run, tp_only))
+            assert sp["activations"] < 0.8 * tp["activations"]
+            assert all(sp[c] == tp[c] for c in ("parameters", "gradients", "optimizer_state"))
     for r in res:
         got, want = r["memory"][1].breakdown, report.memory_prediction(run, r["coords"])
         for cat in ("parameters", "gradients", "optimizer_state", "activations"):
             assert got[cat] == want[cat], (r["rank"], cat, got[cat], want[cat])
+    assert all(r["memory"].keys() == {1} for r in res)
     first, last = (report.memory_prediction(run, (0, s, 0)) for s in (0, 1))
     assert (first["in_flight"], last["in_flight"]) == (2, 1)
     assert "the executor's next input, received ahead" in last["terms"]

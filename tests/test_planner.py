@@ -202,6 +202,22 @@ def test_collectives_per_group():
     assert [s.group_bytes("pp", "handed") for s in pp.stages] == [3 * act_bytes] * 2
 
 
+def test_sequence_parallel_embedding_follows_the_position_kind():
+    """Megatron-LM under sequence parallelism: with learned positions (GPT) the word embedding is
+    all-reduced, the positions added and the sum scattered (backward: all-gather); with RoPE the
+    embedding reduce-scatters straight into the sequence shards."""
+    lay = Layout(tp=2, sequence_parallel=True, micro_batch=2)
+
+    def embedding_ops(positions):
+        model = ModelSpec(layers=2, hidden=256, heads=4, vocab=1024, seq_len=128,
+                          positions=positions)
+        return sorted(c.op for c in estimate(model, lay).stages[0].collectives
+                      if "embedding" in c.what)
+
+    assert embedding_ops("learned") == ["all_gather", "all_reduce"]
+    assert embedding_ops("rope") == ["all_gather", "reduce_scatter"]
+
+
 def test_step_time_grows_when_tp_leaves_the_node():
     model = preset("llama2-13b")
     c = cluster("h100", 16, gpus_per_node=4)
@@ -244,9 +260,9 @@ def toy_results():
 
 
 def test_toy_layouts_predicted_within_5_percent(toy_results):
-    """The course's parts on gloo ranks -- plain, TP, PP with 1F1B, DP (DDP), ZeRO-1 (torch's)
-    and ZeRO-3 (FSDP2), TP x DP, full and selective recomputation, fp32: every rank's model
-    state after the step and saved activations within 5 % of the planner; per group (TP, PP,
+    """The course's parts on gloo ranks -- plain, TP, TP+SP, PP with 1F1B, DP (DDP), ZeRO-1
+    (torch's) and ZeRO-3 (FSDP2), TP x DP, full and selective recomputation, fp32: every rank's
+    model state after the step and saved activations within 5 % of the planner; per group (TP, PP,
     DP, told apart by the ranks each logged call ran on) the bytes handed to each collective
     and the bytes sent exactly as predicted, the calls too (DP: DDP's buckets, FSDP2's units
     split the same bytes into more calls); the host's loopback bytes within 5 % (messages of
@@ -254,11 +270,12 @@ def test_toy_layouts_predicted_within_5_percent(toy_results):
     from labsupport.planner import toy
 
     assert len(toy_results) >= 8
-    covered = {(lay.tp > 1, lay.pp > 1, lay.dp > 1, lay.zero, lay.recompute)
-               for lay in toy.TOY_LAYOUTS.values()}
-    assert {(False, False, True, 1, "none"), (False, False, True, 3, "none"),
-            (True, False, False, 0, "none"), (False, True, False, 0, "none"),
-            (False, False, False, 0, "full"), (False, False, False, 0, "selective")} <= covered
+    covered = {(lay.tp > 1, lay.pp > 1, lay.dp > 1, lay.zero, lay.recompute,
+                lay.sequence_parallel) for lay in toy.TOY_LAYOUTS.values()}
+    assert {(False, False, True, 1, "none", False), (False, False, True, 3, "none", False),
+            (True, False, False, 0, "none", False), (True, False, False, 0, "none", True),
+            (False, True, False, 0, "none", False), (False, False, False, 0, "full", False),
+            (False, False, False, 0, "selective", False)} <= covered
     for name, ranks in toy_results.items():
         layout = toy.TOY_LAYOUTS[name]
         cmp = toy.compare(toy.TOY_MODEL, layout, ranks)

@@ -8,7 +8,8 @@
 - ``corpus``: the offline corpus (``pydoc_data.topics``), the character tokenizer.
 - ``model``: the GPT (Embedding → pre-LN blocks → Head) built from the course's layers.
 - ``mesh``: the (dp, pp, tp) layout, ``init_device_mesh`` and ``dist.new_group`` groups, a figure.
-- ``parallel``: the TP layers of each block and the pipeline stages.
+- ``parallel``: the TP layers of each block and the pipeline stages; with
+  ``Layout(..., sequence_parallel=True)`` the sequence-parallel ones (Korthikanti et al. 2022).
 - ``config``: a run's settings and the ValueErrors raised before any process starts.
 - ``reference``, ``train``, ``sample``: one process, every rank, text generation.
 - ``traffic``: bytes per group from the collective log, the loopback check, the step timeline.

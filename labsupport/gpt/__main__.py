@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--context", type=int, default=32)
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
+    p.add_argument("--sequence-parallel", action="store_true",
+                   help="sequence parallelism over the TP group (needs --tp >= 2)")
     p.add_argument("--sample", type=int, default=0, help="characters to generate after training")
     p.add_argument("--timeout", type=float, default=120, help="seconds a rank may wait in a collective")
     args = p.parse_args(argv)
@@ -42,7 +44,8 @@ def main(argv=None) -> int:
     try:
         run = RunConfig(model=gpt_config(tok, block_size=args.context, n_layer=args.layers,
                                          n_head=args.heads, n_embd=args.hidden),
-                        layout=Layout(args.dp, args.pp, args.tp), steps=args.steps,
+                        layout=Layout(args.dp, args.pp, args.tp,
+                                      sequence_parallel=args.sequence_parallel), steps=args.steps,
                         batch_size=args.batch_size, microbatches=args.microbatches,
                         activation_checkpointing=args.checkpointing, sample_chars=args.sample,
                         checkpoint_params=False)

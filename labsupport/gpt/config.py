@@ -79,6 +79,12 @@ def check_run(run: RunConfig, world_size: int | None = None) -> None:
                 f"{what} {size} is not divisible by tp={tp}: every tensor-parallel rank needs "
                 f"an equal share. Use tp in {{{_divisors(size)}}}, or change {fix} to a "
                 f"multiple of {tp}")
+    if lay.sequence_parallel and cfg.block_size % tp:
+        raise ValueError(
+            f"sequence length {cfg.block_size} is not divisible by tp={tp}: sequence "
+            f"parallelism gives every tensor-parallel rank s/tp tokens. Use block_size="
+            f"{cfg.block_size + tp - cfg.block_size % tp} (a multiple of {tp}), or "
+            "sequence_parallel=False")
     if lay.pp > cfg.n_layer:
         raise ValueError(
             f"pp={lay.pp} stages but only {cfg.n_layer} transformer blocks: every stage needs "

@@ -25,17 +25,29 @@ DIMS = ("dp", "pp", "tp")
 
 @dataclass(frozen=True)
 class Layout:
-    """A (dp, pp, tp) layout of ``dp·pp·tp`` ranks."""
+    """A (dp, pp, tp) layout of ``dp·pp·tp`` ranks.
+
+    ``sequence_parallel``: Megatron's sequence parallelism (Korthikanti et al. 2022) over the TP
+    group -- the LayerNorms and residual adds work on this rank's s/t tokens (see
+    ``gpt.parallel``); needs tp >= 2. The mesh is the same.
+    """
 
     dp: int = 1
     pp: int = 1
     tp: int = 1
+    sequence_parallel: bool = False
 
     def __post_init__(self):
         for dim in DIMS:
             value = getattr(self, dim)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{dim} must be a whole number >= 1, got {value!r}")
+        if not isinstance(self.sequence_parallel, bool):
+            raise ValueError(f"sequence_parallel must be True or False, got "
+                             f"{self.sequence_parallel!r}")
+        if self.sequence_parallel and self.tp == 1:
+            raise ValueError("sequence parallelism shards activations over the TP group: it "
+                             "needs tp >= 2; set sequence_parallel=False or raise tp")
 
     @property
     def world_size(self) -> int:
@@ -49,7 +61,8 @@ class Layout:
         return (d * self.pp + s) * self.tp + t
 
     def __str__(self) -> str:
-        return f"dp={self.dp}×pp={self.pp}×tp={self.tp}"
+        sp = "+SP" if self.sequence_parallel else ""
+        return f"dp={self.dp}×pp={self.pp}×tp={self.tp}{sp}"
 
 
 def mesh_ranks(world_size: int, dp: int, pp: int, tp: int) -> dict:

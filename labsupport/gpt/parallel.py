@@ -19,6 +19,18 @@ loss               vocab-parallel cross-entropy           3 all-reduces of (b, s
 Replicated parameters (LayerNorms, position embedding, row-parallel biases) get the same
 gradient on every TP rank: the gradients flowing into them are full, already all-reduced by f.
 
+Sequence parallelism (``sequence_parallel=True``, Korthikanti et al. 2022, as Megatron-LM does it
+with learned positions): the embedding's all-reduced output is scattered along the sequence (this
+rank keeps its (b, s/t, h) tokens; backward all-gathers the gradient); every block's LayerNorms
+and residual adds work on those tokens, its attention and MLP all-gather them before the
+column-parallel layer and reduce-scatter after the row-parallel one (``ParallelAttention`` /
+``ParallelMLP`` with ``sequence_parallel=True``, storing the sharded input and all-gathering it
+again in backward); the final LayerNorm runs on the shard too, and the output layer all-gathers
+its input (backward: reduce-scatter). Stage outputs are (b, s/t, h): the pipeline sends 1/t.
+The LayerNorm weights and the row-parallel biases then see only this rank's tokens: they are
+marked (``mark_sequence_parallel``) and ``sync_sequence_parallel_grads(stage, tp_group)``
+all-reduces their gradients once per step, before the optimizer.
+
 Pipeline: ``stage_layer_ranges`` gives each stage a contiguous slice of [Embedding, Block × L,
 Head]: the blocks split evenly (``balance_layers``), the embedding on the first stage, the head
 on the last.
@@ -33,24 +45,34 @@ from torch.utils.checkpoint import checkpoint
 
 from ..pipeline.partition import balance_layers
 from ..tensor_parallel import (ColumnParallelLinear, ParallelAttention, ParallelMLP,
-                               VocabParallelEmbedding)
+                               VocabParallelEmbedding, mark_sequence_parallel,
+                               scatter_to_sequence_region)
 from .model import GPT, Block, Embedding, Head
 
 
 class ParallelEmbedding(nn.Module):
-    """Vocabulary-parallel token embedding + replicated position embedding. (b, s) → (b, s, h)."""
+    """Vocabulary-parallel token embedding + replicated position embedding. (b, s) → (b, s, h).
 
-    def __init__(self, tok: VocabParallelEmbedding, pos: nn.Embedding):
+    ``sequence_parallel``: then scattered along the sequence, (b, s) → this rank's (b, s/t, h)
+    (no communication forward; backward all-gathers the gradient, so the position embedding's
+    gradient is whole on every rank).
+    """
+
+    def __init__(self, tok: VocabParallelEmbedding, pos: nn.Embedding,
+                 sequence_parallel: bool = False, group=None):
         super().__init__()
         self.tok, self.pos = tok, pos
+        self.sequence_parallel, self.group = sequence_parallel, group
 
     @classmethod
-    def from_dense(cls, emb: Embedding, rank: int, world_size: int, group=None):
+    def from_dense(cls, emb: Embedding, rank: int, world_size: int, group=None, *,
+                   sequence_parallel: bool = False):
         return cls(VocabParallelEmbedding.from_dense(emb.tok, rank, world_size, group),
-                   copy.deepcopy(emb.pos))
+                   copy.deepcopy(emb.pos), sequence_parallel, group)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.tok(ids) + self.pos(torch.arange(ids.shape[-1], device=ids.device))
+        x = self.tok(ids) + self.pos(torch.arange(ids.shape[-1], device=ids.device))
+        return scatter_to_sequence_region(x, self.group) if self.sequence_parallel else x
 
 
 class ParallelBlock(nn.Module):
@@ -63,6 +85,11 @@ class ParallelBlock(nn.Module):
     backward (``torch.utils.checkpoint``, non-reentrant: correct even when the input needs no
     grad). The recomputation re-issues the two forward all-reduces inside backward, in the same
     order on every TP rank, so they still match; results are unchanged.
+
+    ``from_dense(..., sequence_parallel=True)``: x and the output are this rank's (b, s/t, h)
+    tokens; attention and MLP all-gather / reduce-scatter along the sequence instead of f / g
+    (2 all-gathers + 2 reduce-scatters forward; backward the conjugates plus the re-gather of
+    the 2 stored input shards); the LayerNorms' parameters are marked sequence-parallel.
     """
 
     def __init__(self, ln1, attn: ParallelAttention, ln2, mlp: ParallelMLP,
@@ -70,13 +97,22 @@ class ParallelBlock(nn.Module):
         super().__init__()
         self.ln1, self.attn, self.ln2, self.mlp = ln1, attn, ln2, mlp
         self.activation_checkpointing = activation_checkpointing
+        self.sequence_parallel = attn.sequence_parallel
+        if attn.sequence_parallel != mlp.sequence_parallel:
+            raise ValueError("attn and mlp must both be sequence parallel or both not: pass the "
+                             "same sequence_parallel to their from_dense")
+        if self.sequence_parallel:  # each rank's LayerNorm gradient covers its tokens only
+            mark_sequence_parallel(*ln1.parameters(), *ln2.parameters())
 
     @classmethod
-    def from_dense(cls, block: Block, rank: int, world_size: int, group=None):
+    def from_dense(cls, block: Block, rank: int, world_size: int, group=None, *,
+                   sequence_parallel: bool = False):
+        sp = dict(sequence_parallel=sequence_parallel, stored_input="sharded")  # Megatron's
         return cls(copy.deepcopy(block.ln1),
-                   ParallelAttention.from_dense(block.attn, rank, world_size, group),
+                   ParallelAttention.from_dense(block.attn, rank, world_size, group, **sp),
                    copy.deepcopy(block.ln2),
-                   ParallelMLP.from_dense(block.mlp.fc1, block.mlp.fc2, rank, world_size, group))
+                   ParallelMLP.from_dense(block.mlp.fc1, block.mlp.fc2, rank, world_size, group,
+                                          **sp))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.activation_checkpointing and torch.is_grad_enabled():
@@ -91,17 +127,26 @@ class ParallelBlock(nn.Module):
 class ParallelHead(nn.Module):
     """Replicated final LayerNorm + column-parallel output layer: (b, s, h) → logits (b, s, V/tp).
 
-    The logits stay sharded: the loss is ``vocab_parallel_cross_entropy``.
+    The logits stay sharded: the loss is ``vocab_parallel_cross_entropy``. With
+    ``sequence_parallel`` the input is this rank's (b, s/t, h): the final LayerNorm runs on it
+    (its parameters marked sequence-parallel) and the output layer all-gathers its input along
+    the sequence (Megatron's: it stores the shard; backward re-gathers it and reduce-scatters
+    the input gradient), so the logits are (b, s, V/tp) as without.
     """
 
     def __init__(self, ln_f, lm_head: ColumnParallelLinear):
         super().__init__()
         self.ln_f, self.lm_head = ln_f, lm_head
+        if lm_head.sequence_parallel:
+            mark_sequence_parallel(*ln_f.parameters())
 
     @classmethod
-    def from_dense(cls, head: Head, rank: int, world_size: int, group=None):
+    def from_dense(cls, head: Head, rank: int, world_size: int, group=None, *,
+                   sequence_parallel: bool = False):
         return cls(copy.deepcopy(head.ln_f),
-                   ColumnParallelLinear.from_dense(head.lm_head, rank, world_size, group))
+                   ColumnParallelLinear.from_dense(head.lm_head, rank, world_size, group,
+                                                   sequence_parallel=sequence_parallel,
+                                                   stored_input="sharded"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.ln_f(x))
@@ -147,23 +192,30 @@ def describe_stages(n_layer: int, stages: int) -> list:
 
 
 def build_stage(model: GPT, stage: int, stages: int, tp_rank: int, tp: int, group=None,
-                activation_checkpointing: bool = False, block_cls=None) -> nn.Sequential:
+                activation_checkpointing: bool = False, block_cls=None, *,
+                sequence_parallel: bool = False) -> nn.Sequential:
     """Stage ``stage`` of ``model``, TP shard ``tp_rank`` of ``tp``: an ``nn.Sequential``.
 
     Stage 0 takes token ids (b, s); the others take (b, s, h); the last returns logits
-    (b, s, V/tp), the others (b, s, h). Parameters are copies of the dense model's shards.
+    (b, s, V/tp), the others (b, s, h) -- (b, s/tp, h), this rank's tokens, with
+    ``sequence_parallel``. Parameters are copies of the dense model's shards.
     ``block_cls(dense_block, tp_rank, tp, group)`` replaces ``ParallelBlock.from_dense`` (e.g. a
-    student's TP block).
+    student's TP block; tensor parallel only).
     """
+    if block_cls is not None and sequence_parallel:
+        raise ValueError("a block_cls (your TPBlock) is tensor parallel only: build the "
+                         "sequence-parallel stage with the course's ParallelBlock (block_cls=None)"
+                         " or set sequence_parallel=False")
+    sp = dict(sequence_parallel=sequence_parallel)
     layers = []
     for i in stage_layer_ranges(model.cfg.n_layer, stages)[stage]:
         dense = model[i]
         if isinstance(dense, Embedding):
-            layers.append(ParallelEmbedding.from_dense(dense, tp_rank, tp, group))
+            layers.append(ParallelEmbedding.from_dense(dense, tp_rank, tp, group, **sp))
         elif isinstance(dense, Head):
-            layers.append(ParallelHead.from_dense(dense, tp_rank, tp, group))
+            layers.append(ParallelHead.from_dense(dense, tp_rank, tp, group, **sp))
         elif block_cls is None:
-            block = ParallelBlock.from_dense(dense, tp_rank, tp, group)
+            block = ParallelBlock.from_dense(dense, tp_rank, tp, group, **sp)
             block.activation_checkpointing = activation_checkpointing
             layers.append(block)
         else:

@@ -120,6 +120,9 @@ def memory_prediction(run, coords) -> dict:
     logits and its int64 local targets and bool mask. Times the micro-batches in flight on stage
     s in 1F1B, ``min(pp - s, m)``; plus, on a stage > 0 with m above that, the next input the
     course's executor receives one action ahead (b·s·h·e), saved by the first block when used.
+    Sequence parallel (``layout.sequence_parallel``): the norms' inputs and outputs, their
+    statistics, the final norm's and the output layer's inputs and the received input are this
+    rank's s/t tokens (the column-parallel layers store their input sharded, as Megatron does).
     Returns {"parameters", "gradients", "optimizer_state", "activations", "terms", "in_flight"}.
     """
     from ..formulas.activations import layer_activation_terms, output_activation_terms
@@ -130,22 +133,24 @@ def memory_prediction(run, coords) -> dict:
     lay, cfg = run.layout, run.model
     _, s, _ = coords
     e, b, T, h = run.torch_dtype.itemsize, run.micro_batch_size, cfg.block_size, cfg.n_embd
+    sp = lay.sequence_parallel
     layers = stage_layer_ranges(cfg.n_layer, lay.pp)[s]
     blocks = sum(1 for i in layers if 1 <= i <= cfg.n_layer)
-    kw = dict(t=lay.tp, bytes_per_element=e, dropout=False, attention="flash", norm_stats=True)
+    kw = dict(t=lay.tp, bytes_per_element=e, dropout=False, attention="flash", norm_stats=True,
+              sequence_parallel=sp, stored_input="sharded")
     terms = {f"{blocks} block(s): {k}": blocks * v
              for k, v in layer_activation_terms(T, b, h, cfg.n_head, **kw).items()}
     if s == 0:
         terms["embedding: local ids (int64), mask (bool), position ids (int64)"] = 9 * b * T + 8 * T
     if s == lay.pp - 1:
         out = output_activation_terms(T, b, h, cfg.vocab_size, t=lay.tp, vocab_parallel=True,
-                                      bytes_per_element=e, norm_stats=True)
+                                      sequence_parallel=sp, bytes_per_element=e, norm_stats=True)
         terms.update({f"head: {k}": v * e / 4 if "logits" in k else v for k, v in out.items()})
         terms["loss: local targets (int64), mask (bool)"] = 9 * b * T
     in_flight = in_flight_microbatches(lay.pp, run.microbatches, s)
     terms = {k: in_flight * v for k, v in terms.items()}
     if s > 0 and run.microbatches > in_flight:
-        terms["the executor's next input, received ahead"] = b * T * h * e
+        terms["the executor's next input, received ahead"] = b * T * h * e // (lay.tp if sp else 1)
     tensors = _stage_params(run, coords)
     # One model-state formula (formulas.zero): the flat DP all-reduce buffer is a second
     # gradient copy, as DDP's default buckets are; AdamW adds a 4-byte step count per tensor.
@@ -169,6 +174,38 @@ def memory_table(run, results, step) -> str:
         lines.append(f"{r['rank']:>4} {str(r['coords']):>10} {pred['in_flight']:>9} {cells}"
                      f"{rep.peak_total_bytes / 2**10:>14,.1f} KiB")
     lines.append("cells: predicted / measured (the most the rank held during the step)")
+    return "\n".join(lines)
+
+
+def activation_table(named: dict, step: int) -> str:
+    """Per rank, the activations each run held at most during ``step`` (``track_step``) beside
+    :func:`memory_prediction`'s formula, then rank 0's terms that differ between the runs.
+
+    Args:
+        named: {label: (run, results)}, runs of the same mesh (e.g. with and without sequence
+            parallelism) whose ``memory_steps`` include ``step``.
+    """
+    kib = 2**10
+    items = list(named.items())
+    width = max(24, *(len(label) + 4 for label in named))
+    lines = [f"{'rank':>4} {'(d, s, t)':>10}" + "".join(f"{label:>{width}}" for label in named)]
+    ranks = sorted(items[0][1][1], key=lambda r: r["rank"])
+    for k, r0 in enumerate(ranks):
+        cells = ""
+        for _, (run, results) in items:
+            r = sorted(results, key=lambda r: r["rank"])[k]
+            pred = memory_prediction(run, r["coords"])["activations"]
+            got = r["memory"][step].breakdown["activations"]
+            cells += f"{pred / kib:,.1f} / {got / kib:,.1f}".rjust(width)
+        lines.append(f"{r0['rank']:>4} {str(r0['coords']):>10}{cells}")
+    lines.append("activations, KiB: formula / measured (the most the rank held during the step)")
+    terms = [memory_prediction(run, ranks[0]["coords"])["terms"] for _, (run, _) in items]
+    changed = [t for t in terms[0] if len({ts.get(t) for ts in terms}) > 1]
+    if changed:
+        lines.append(f"rank {ranks[0]['rank']}'s terms that differ (KiB):")
+        for t in changed:
+            lines.append(f"  {t:<{width * 2 - 4}}" + "".join(
+                f"{ts[t] / kib:>{width}.1f}" if t in ts else f"{'-':>{width}}" for ts in terms))
     return "\n".join(lines)
 
 

@@ -78,6 +78,13 @@ def predicted_bytes(run, param_bytes: list | None = None) -> dict:
       PP: per stage boundary, each micro-batch's activation forward and gradient back, A each;
       DP (d > 1): one all-reduce of the rank's gradients (``param_bytes``: each rank's
       parameter bytes, in rank order; without them DP is 0).
+    Sequence parallel (``layout.sequence_parallel``): per block and micro-batch each all-reduce
+    becomes an all-gather + reduce-scatter pair of A (the gathered size), plus the backward
+    re-gather of the 2 stored input shards (6 all-gathers, 4 reduce-scatters in all); the
+    embedding keeps its all-reduce and adds the all-gather of its scattered gradient (learned
+    positions, as Megatron-LM); the output layer all-gathers its input twice (forward and
+    backward) and reduce-scatters its input gradient; the pipeline sends A/t; once per step an
+    all-reduce of the LayerNorm and row-bias gradients (``sync_sequence_parallel_grads``).
     Runs without activation checkpointing: torch's checkpoint stops recomputing early and skips
     a block's last forward all-reduce, so a checkpointed run sends less than Megatron's.
     """
@@ -89,7 +96,7 @@ def predicted_bytes(run, param_bytes: list | None = None) -> dict:
     lay, cfg = run.layout, run.model
     spec = from_gpt_config(cfg)
     plan = PlanLayout(tp=lay.tp, pp=lay.pp, dp=lay.dp, micro_batch=run.micro_batch_size,
-                      microbatches=run.microbatches,
+                      microbatches=run.microbatches, sequence_parallel=lay.sequence_parallel,
                       precision=run.precision)
     ranges = stage_layer_ranges(cfg.n_layer, lay.pp)
     e = run.torch_dtype.itemsize
@@ -126,8 +133,9 @@ def timeline_events(results: list, step: int) -> dict:
 
 def plot_step_timeline(results: list, step: int, ax=None, title=None):
     """Gantt chart of one training step: a row per global rank (stage, TP shard); F (blue) and B
-    (orange) passes of each micro-batch, the TP all-reduces inside them (black ticks, lower
-    band), the DP gradient all-reduce (green)."""
+    (orange) passes of each micro-batch, the TP collectives inside them (black ticks, lower
+    band: all-reduces, or sequence parallelism's all-gathers and reduce-scatters), the DP
+    gradient all-reduce (green)."""
     import matplotlib.pyplot as plt
 
     ev = timeline_events(results, step)
@@ -154,7 +162,7 @@ def plot_step_timeline(results: list, step: int, ax=None, title=None):
     from matplotlib.patches import Patch
     ax.legend(handles=[Patch(color=colors["F"], label="forward"),
                        Patch(color=colors["B"], label="backward"),
-                       Patch(color="black", label="TP all-reduce"),
+                       Patch(color="black", label="TP collective"),
                        Patch(color="#55A868", label="DP all-reduce")],
               fontsize=7, loc="upper right", ncols=4)
     ax.set_title(title or "one measured training step", fontsize=9)

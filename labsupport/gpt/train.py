@@ -7,6 +7,8 @@ Per rank (global rank r at mesh coordinates (d, s, t)), once:
 Per step:
   run_stage(stage, x[d-th slice], y[...], 1F1B)       pipeline over the PP group (send/recv),
                                                       TP all-reduces inside every F and B
+  sync_sequence_parallel_grads(stage, tp_group)       sequence parallel only: LayerNorm and
+                                                      row-bias grads summed over TP
   all-reduce(grads, dp_group) / dp                    one flat bucket
   AdamW.step()                                        on this rank's shards only
 """
@@ -22,7 +24,8 @@ from ..devices import rank_device
 from ..memory import tag, track_step
 from ..pipeline.executor import pipeline_links, run_stage
 from ..pipeline.schedules import one_f_one_b
-from ..tensor_parallel import count_collectives, loopback_bytes, vocab_parallel_cross_entropy
+from ..tensor_parallel import (count_collectives, loopback_bytes, sync_sequence_parallel_grads,
+                               vocab_parallel_cross_entropy)
 from .config import RunConfig, check_run
 from .mesh import build_mesh, group_timeout, mesh_ranks
 from .model import GPT
@@ -44,6 +47,14 @@ def _sync_dp_grads(params, group, dp):
         p.grad = g
 
 
+def check_pieces(run: RunConfig, pieces: dict | None) -> None:
+    """ValueError before launch for pieces the run cannot use."""
+    if pieces and pieces.get("block") is not None and run.layout.sequence_parallel:
+        raise ValueError("your TP block (pieces['block']) is tensor parallel only, but the layout "
+                         "is sequence parallel: leave 'block' out of pieces (the course's "
+                         "ParallelBlock is used) or set sequence_parallel=False")
+
+
 def _lo_tx():
     counters = loopback_bytes()
     return None if counters is None else counters.tx_bytes
@@ -61,6 +72,7 @@ def train_rank(rank: int, world_size: int, run: RunConfig, timeout_s: float | No
     pieces = pieces or {}
     lay, cfg = run.layout, run.model
     check_run(run, world_size)
+    check_pieces(run, pieces)
     torch.set_num_threads(1)  # one core per rank (on GPUs: threads only launch kernels)
     device = rank_device()
     with group_timeout(timeout_s):
@@ -78,13 +90,16 @@ def train_rank(rank: int, world_size: int, run: RunConfig, timeout_s: float | No
     d, s, t = lay.coords(rank)
     assert tuple(mesh.get_coordinate()) == (d, s, t), "mesh order is not (dp, pp, tp)"
     last = s == lay.pp - 1
+    sp = lay.sequence_parallel
     stage = build_stage(GPT(cfg, run.seed).to(run.torch_dtype), s, lay.pp, t, lay.tp, groups["tp"],
-                        run.activation_checkpointing, pieces.get("block")).to(device)
+                        run.activation_checkpointing, pieces.get("block"),
+                        sequence_parallel=sp).to(device)
     params = list(stage.parameters())
     opt = make_optimizer(params, run)
     actions = one_f_one_b(lay.pp, run.microbatches)[s]
     mb, rows = run.micro_batch_size, run.batch_size // lay.dp
-    act_shape = (mb, cfg.block_size, cfg.n_embd)
+    # between stages: (b, s, h), or this rank's (b, s/t, h) tokens with sequence parallelism
+    act_shape = (mb, cfg.block_size // (lay.tp if sp else 1), cfg.n_embd)
 
     cross_entropy = pieces.get("cross_entropy") or vocab_parallel_cross_entropy
 
@@ -107,6 +122,8 @@ def train_rank(rank: int, world_size: int, run: RunConfig, timeout_s: float | No
                 out = run_stage(stage, x, y, run.microbatches, actions, stage=s, stages=lay.pp,
                                 in_shape=act_shape, out_shape=act_shape, loss_fn=loss_fn,
                                 peers=my_peers, links=links, act_dtype=run.torch_dtype)
+                if sp:  # LayerNorms and row biases saw this rank's tokens: sum over TP
+                    sync_sequence_parallel_grads(stage, groups["tp"])
                 if lay.dp > 1:
                     _sync_dp_grads(params, groups["dp"], lay.dp)
             opt.step()
@@ -159,6 +176,7 @@ def train_parallel(run: RunConfig, *, timeout_s: float = 60, backend=None,
     from ..launcher import _inside_external_launcher, launch
 
     check_run(run, int(os.environ["WORLD_SIZE"]) if _inside_external_launcher() else None)
+    check_pieces(run, pieces)
     run_batches(run)  # vocabulary vs corpus, before any process starts
     return launch(train_rank, run.layout.world_size, run, timeout_s, pieces,
                   timeout_s=timeout_s, backend=backend)
@@ -184,6 +202,7 @@ def train_parallel_runs(runs: list, *, timeout_s: float = 60, backend=None,
                          f"{sorted(sizes)} ranks: launch each world size separately")
     for run in runs:
         check_run(run)
+        check_pieces(run, pieces)
         run_batches(run)
     per_rank = launch(_train_runs, sizes.pop(), runs, timeout_s, pieces,
                       timeout_s=timeout_s, backend=backend)

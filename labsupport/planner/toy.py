@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from .estimate import estimate
 from .layout import Layout
 from .model import ModelSpec, preset
-from .toy_model import ToyStage, WholeStep, has_sequence_parallel
+from .toy_model import ToyStage, WholeStep
 
 # Big enough that every TP and PP message is 1 MiB (b·s·h·4 = 2·256·512·4 bytes): below that
 # TCP framing makes the loopback count drift from the payload.
@@ -59,6 +59,7 @@ TOY_LAYOUTS: dict[str, Layout] = {
     "selective recompute": Layout(recompute="selective", flash_attention=False, **_TOY),
     "tp2": Layout(tp=2, **_TOY),
     "tp2 full recompute": Layout(tp=2, recompute="full", **_TOY),
+    "tp2 sp": Layout(tp=2, sequence_parallel=True, **_TOY),
     "pp2 1F1B m3": Layout(pp=2, microbatches=3, **_TOY),
     "pp2 1F1B m3 selective": Layout(pp=2, microbatches=3, recompute="selective",
                                     flash_attention=False, **_TOY),
@@ -84,9 +85,6 @@ def check_toy_layout(model: ModelSpec, layout: Layout) -> None:
     if layout.dp_variant == "zero3" and layout.tp > 1:
         raise ValueError("FSDP2 over a TP-sharded toy needs a 2-D DeviceMesh: use tp=1 with "
                          "ZeRO-3")
-    if layout.sequence_parallel and not has_sequence_parallel():
-        raise ValueError("sequence parallelism needs the course's sequence-parallel layers "
-                         "(labsupport.tensor_parallel.sequence, Lab 01), which this version lacks")
     if layout.vocab_parallel:
         raise ValueError("the toy GPT replicates its embedding and output layer: use "
                          "vocab_parallel=False")

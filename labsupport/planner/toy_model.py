@@ -7,9 +7,9 @@ rank (the planner's ``vocab_parallel=False``). With sequence parallelism (the co
 sequence-parallel layers, Korthikanti et al. 2022) the blocks work on this rank's s/t tokens: the
 embedding's output is scattered into the sequence shards, the final LayerNorm's output gathered
 back for the replicated output layer, and the LayerNorms and row-parallel biases, which see only
-their tokens, are marked for ``sync_sequence_parallel_grads``. One ``ToyStage`` is one pipeline
-stage on one TP rank; ``labsupport.planner.toy`` wraps it for data parallelism (DDP, ZeRO-1,
-FSDP2).
+their tokens, are marked (``mark_sequence_parallel``) for ``sync_sequence_parallel_grads``. One
+``ToyStage`` is one pipeline stage on one TP rank; ``labsupport.planner.toy`` wraps it for data
+parallelism (DDP, ZeRO-1, FSDP2).
 """
 from __future__ import annotations
 
@@ -21,20 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 from .. import tensor_parallel
-from ..tensor_parallel import ParallelAttention, ParallelMLP
-
-
-def has_sequence_parallel() -> bool:
-    """Does this version of the course have the sequence-parallel layers?"""
-    return hasattr(tensor_parallel, "sync_sequence_parallel_grads")
-
-
-def _mark_sequence_parallel(*modules):
-    """Mark parameters whose gradient is a partial sum over this rank's tokens (the layers'
-    convention: ``param.sequence_parallel = True``, read by ``sync_sequence_parallel_grads``)."""
-    for m in modules:
-        for p in m.parameters():
-            p.sequence_parallel = True
+from ..tensor_parallel import ParallelAttention, ParallelMLP, mark_sequence_parallel
 
 
 class ToyBlock(nn.Module):
@@ -56,7 +43,7 @@ class ToyBlock(nn.Module):
                                       group=group, **sp)
         self.mlp = ParallelMLP(h, model.ffn, rank=tp_rank, world_size=tp, group=group, **sp)
         if sequence_parallel:  # they see only this rank's tokens: sync_sequence_parallel_grads
-            _mark_sequence_parallel(self.ln1, self.ln2)
+            mark_sequence_parallel(*self.ln1.parameters(), *self.ln2.parameters())
         self.explicit, self.selective = explicit, selective
         mask = torch.ones(model.seq_len, model.seq_len, dtype=torch.bool).triu(1)
         self.register_buffer("mask", mask, persistent=False)
@@ -106,7 +93,7 @@ class ToyStage(nn.Module):
         if self.last:
             self.ln_f, self.head = nn.LayerNorm(h), nn.Linear(h, model.vocab, bias=False)
             if self.sp:
-                _mark_sequence_parallel(self.ln_f)
+                mark_sequence_parallel(*self.ln_f.parameters())
 
     def forward(self, x):
         if self.first:

@@ -5,7 +5,10 @@ backward (f before QKV and fc1); full recomputation repeats the forward's. Seque
 (Korthikanti et al. 2022 §4.2.2) turns each into an all-gather + reduce-scatter pair and adds
 the backward re-gather of the column-parallel inputs stored sharded, and an all-reduce of the
 sequence-sharded norms' and row biases' gradients. Vocab-parallel embedding and output layer:
-one collective each way, and three small all-reduces in the cross-entropy.
+one collective each way, and three small all-reduces in the cross-entropy. With sequence
+parallelism the embedding reduce-scatters into the sequence shards (RoPE models), or, with
+learned positions, all-reduces, adds the positions and scatters (Megatron-LM's
+``LanguageModelEmbedding``: ``reduce_scatter_embeddings`` only without learned positions).
 PP: each rank sends its own copy of a stage's output forward and of its input gradient backward
 (no scatter/gather optimisation), 1/t of it with sequence parallelism.
 DP: :func:`labsupport.formulas.zero.dp_step_collectives` -- gradient all-reduce; ZeRO-1 a
@@ -76,10 +79,19 @@ def stage_collectives(model, layout, first, last, L, params) -> list[Collective]
                                   "fc1 (backward)"))
         if layout.vocab_parallel:
             sp = layout.sequence_parallel
-            if first and sp:
+            if first and sp and model.positions == "learned":
+                # Megatron-LM adds the learned positions to the all-reduced word embeddings,
+                # then scatters the sum into the sequence shards (no communication forward)
+                out += [Collective("tp", "all_reduce", act, m, t,
+                                   "vocab-parallel embedding output"),
+                        Collective("tp", "all_gather", act, m, t,
+                                   "gradient of the embedding's scatter into the sequence shards "
+                                   "(backward)")]
+            elif first and sp:
                 out += [Collective("tp", "reduce_scatter", act, m, t,
                                    "vocab-parallel embedding output into the sequence shards"),
-                        Collective("tp", "all_gather", act, m, t, "its gradient (backward)")]
+                        Collective("tp", "all_gather", act, m, t,
+                                   "the embedding output's gradient (backward)")]
             elif first:
                 out.append(Collective("tp", "all_reduce", act, m, t,
                                       "vocab-parallel embedding output"))

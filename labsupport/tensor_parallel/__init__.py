@@ -9,7 +9,8 @@
 - ``attention``: ParallelAttention (heads split over ranks) and the reference Attention
   (fused kernel, or ``explicit=True`` to keep the (b, a, s, s) scores).
 - ``sequence``: sequence parallelism's operators (the paper's g and ḡ, named
-  ``all_gather_sequence`` / ``reduce_scatter_sequence``), ``sync_sequence_parallel_grads``.
+  ``all_gather_sequence`` / ``reduce_scatter_sequence``), ``mark_sequence_parallel``,
+  ``sync_sequence_parallel_grads``.
 - ``block``: TransformerBlock (dense) and ParallelTransformerBlock (tensor parallel, with a
   ``sequence_parallel`` switch).
 - ``vocab``: VocabParallelEmbedding and vocab_parallel_cross_entropy (the vocabulary split
@@ -38,8 +39,9 @@ Sequence parallelism (Korthikanti et al. 2022), for the capstone and Lab 05::
 
 ``ParallelMLP.from_dense`` / ``ParallelAttention.from_dense`` / ``Column``/``RowParallelLinear``
 take the same ``sequence_parallel=`` and ``stored_input=`` keywords; parameters used on
-sequence shards carry ``param.sequence_parallel = True`` and ``sync_sequence_parallel_grads(module,
-group)`` all-reduces their gradients in one call.
+sequence shards are marked with ``mark_sequence_parallel(*params)`` (the layers do it for their
+own; a model that runs its own LayerNorms on the shards marks those) and
+``sync_sequence_parallel_grads(module, group)`` all-reduces their gradients in one call.
 """
 from .attention import Attention, ParallelAttention
 from .block import ParallelTransformerBlock, TransformerBlock
@@ -72,6 +74,7 @@ from .sequence import (
     all_gather_linear,
     all_gather_sequence,
     gather_from_sequence_region,
+    mark_sequence_parallel,
     reduce_scatter_sequence,
     scatter_to_sequence_region,
     sequence_parallel_params,
@@ -92,7 +95,7 @@ __all__ = [
     "AllGatherSequence", "ReduceScatterSequence", "ScatterToSequenceRegion",
     "GatherFromSequenceRegion", "all_gather_sequence", "reduce_scatter_sequence",
     "scatter_to_sequence_region", "gather_from_sequence_region", "all_gather_linear",
-    "sequence_parallel_params", "sync_sequence_parallel_grads",
+    "mark_sequence_parallel", "sequence_parallel_params", "sync_sequence_parallel_grads",
     "count_collectives", "CollectiveLog", "CollectiveCall",
     "loopback_bytes", "LoopbackCounters", "all_gather_bytes", "reduce_scatter_bytes",
     "ring_all_reduce_bytes",
