@@ -89,7 +89,8 @@ def _measure_twice(mode, device):
 def _inplace_rank(rank, world_size):
     t = torch.ones(4, device=rank_device())
     dist.all_reduce(t)
-    bound = getattr(dist.distributed_c10d._get_default_group(), "bound_device_id", None)
+    pg = dist.distributed_c10d._get_default_group()
+    bound = pg.bound_device_id if hasattr(pg, "bound_device_id") else "unknown to this torch"
     return {"rank_pid": os.getpid(), "world": world_size, "backend": dist.get_backend(),
             "device": str(t.device), "sum": t.sum().item(),
             "bound": None if bound is None else str(bound)}

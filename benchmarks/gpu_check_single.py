@@ -25,7 +25,8 @@ MiB = 2 ** 20
 HANG_TIMEOUT_S = {"cuda": 5, "cpu": 2}   # launch(timeout_s=...) of the hang checks
 BACKSTOP_S = 3              # the ranks' own group timeout is timeout_s + this (launcher.py)
 SLACK_S = 12                # start-up, the report, stopping the ranks
-SPIN_CYCLES = 2 * 10 ** 11  # GPU clock cycles: over a minute at any clock below 3 GHz
+SPIN_CYCLES = 12 * 10 ** 10  # GPU clock cycles: about a minute at 2 GHz
+WATCHDOG_S = 45             # NCCL's watchdog may first wait for debug dumps: allow that much
 
 
 def _dev(ctx):
@@ -63,7 +64,8 @@ def _launcher_rank(rank, world_size, arg_tensor, arg_module):
     device = rank_device()  # cuda:<local rank> when the group runs NCCL, else the CPU
     t = torch.full((4,), float(rank + 1), device=device)
     dist.all_reduce(t)
-    bound = getattr(dist.distributed_c10d._get_default_group(), "bound_device_id", None)
+    pg = dist.distributed_c10d._get_default_group()
+    bound = pg.bound_device_id if hasattr(pg, "bound_device_id") else "unknown to this torch"
     return {"reported": dist.get_backend(), "device": str(t.device), "sum": t.sum().item(),
             "bound": None if bound is None else str(bound),
             "arg": str(arg_tensor.device), "arg_sum": arg_tensor.sum().item(),
@@ -88,7 +90,7 @@ def launcher_check(ctx, world_size):
             f"rank {rank}: the cuda:0 argument arrived on {r['arg']}, the module on "
             f"{r['module']} (expected {want})")
         assert r["arg_sum"] == 6.0, r
-        assert r["bound"] == (want if ctx.gpu else None), (
+        assert r["bound"] in (want if ctx.gpu else None, "unknown to this torch"), (
             f"rank {rank}: bound_device_id {r['bound']} (NCCL not set up eagerly on {want})")
     if ctx.gpu:
         assert chosen == "nccl", f"automatic backend for {world_size} rank(s): {chosen}"
@@ -139,7 +141,8 @@ def _hang(ctx, fn, block_host):
                           backend=ctx.backend)
     except labsupport.LaunchError as exc:
         return exc, time.perf_counter() - t0
-    raise AssertionError("the launch returned: nothing hung")
+    raise AssertionError(f"the launch returned after {time.perf_counter() - t0:.0f} s: nothing "
+                         "ended the stuck rank (the stream's spin kernel finished first)")
 
 
 def check_hang_parent_deadline(ctx):
@@ -162,8 +165,10 @@ def check_hang_nccl_watchdog(ctx):
     first = str(err).splitlines()[0]
     assert err.timed_out, first
     assert "NCCL's watchdog timed out WorkNCCL(" in first and "ALLREDUCE" in first, first
-    assert took <= HANG_TIMEOUT_S[ctx.device] + BACKSTOP_S + SLACK_S, f"reported after {took:.1f} s"
-    return (f"{first[:100]}... after {took:.1f} s"
+    limit = HANG_TIMEOUT_S[ctx.device] + BACKSTOP_S + WATCHDOG_S
+    assert took <= limit, f"reported after {took:.1f} s (> {limit} s)"
+    return (f"{first[:100]}... after {took:.1f} s (its group's timeout: "
+            f"{HANG_TIMEOUT_S[ctx.device] + BACKSTOP_S} s)"
             + ("" if ctx.gpu else " (CPU: a simulated watchdog abort)"))
 
 
@@ -336,7 +341,7 @@ def check_torchrun_in_place(ctx):
     assert r["pid"] == r["rank_pid"], (
         f"fn ran in process {r['rank_pid']}, not in place in {r['pid']}")
     assert is_nccl(r["backend"]) == ctx.gpu and r["device"] == want and r["sum"] == 4.0, r
-    assert r["bound"] == (want if ctx.gpu else None), r
+    assert r["bound"] in (want if ctx.gpu else None, "unknown to this torch"), r
     return f"in place (pid {r['pid']}), group {r['backend']!r}, tensors on {r['device']}"
 
 
