@@ -213,3 +213,24 @@ def test_best_of_keeps_the_fastest_run_after_a_warm_up():
 def test_concurrency_is_busy_time_over_wall_time():
     recs = [dict(start=0.0, end=2.0), dict(start=1.0, end=3.0)]
     assert ms.concurrency(recs, 4.0) == 1.0 and ms.overlap_seconds(recs) == 1.0
+
+
+def test_pipeline_ranks_keep_nccl_posting_order(monkeypatch):
+    """Lab 02's two ranks post their sends, receives and barriers in an order NCCL can run
+    (one communicator per group, operations in posting order, tags ignored; tests/nccl_order)."""
+    import torch.distributed as dist
+
+    from labsupport.manual_split import ranks
+    from nccl_order import RecordingDist, deadlock
+
+    records = [[], []]
+    monkeypatch.setattr(ranks, "rank_device", lambda: torch.device("cpu"))
+    for rank in (0, 1):
+        fake = RecordingDist(rank, records[rank])
+        for name in ("send", "recv", "isend", "irecv", "barrier"):
+            monkeypatch.setattr(dist, name, getattr(fake, name))
+        monkeypatch.setattr(ranks, "_sync", fake.sync)
+        ranks.pipeline_rank(rank, 2, dict(d_in=8, hidden=16, d_out=4), batch=8,
+                            chunk_counts=[1, 4], repeats=1)
+    assert deadlock(records) is None
+    assert sum(item[2:] == ("send", 1) for item in records[0]) == 2 * (1 + 4)  # 2 steps per count

@@ -533,3 +533,45 @@ def test_stage_cost_timing_synchronises_the_device(monkeypatch):
     x, y = _data(4, 0)
     costs = time_stage_costs(modules, x, y, repeats=2)
     assert len(costs["forward"]) == 2 and calls == ["cpu"] * (2 * 3 * 3)  # 3 clocks, 3 runs
+
+
+def _record_pingpong(monkeypatch, body):
+    """Each rank's posting order in measure_p2p's ping-pong, under NCCL's rule (tests/nccl_order)."""
+    import labsupport.devices
+    from labsupport.pipeline import comm
+    from nccl_order import RecordingDist
+
+    records = [[], []]
+    monkeypatch.setattr(comm, "_busy", lambda ms: 0)
+    monkeypatch.setattr(comm, "_pipe_wakeups", lambda rank, repeats, pipes: {})
+    monkeypatch.setattr(labsupport.devices, "rank_device", lambda: torch.device("cpu"))
+    for rank in (0, 1):
+        fake = RecordingDist(rank, records[rank])
+        monkeypatch.setattr(torch.distributed, "send", fake.send)
+        monkeypatch.setattr(torch.distributed, "recv", fake.recv)
+        monkeypatch.setattr(torch.distributed, "isend", fake.isend)
+        monkeypatch.setattr(torch.distributed, "irecv", fake.irecv)
+        monkeypatch.setattr(torch.distributed, "barrier", fake.barrier)
+        monkeypatch.setattr(labsupport.devices, "synchronize", fake.sync)
+        body(rank)
+    return records
+
+
+def test_p2p_pingpong_keeps_nccl_posting_order(monkeypatch):
+    """Under eager init a group's sends and receives share its communicator with its barrier:
+    a receive posted before the barrier (the sender's send after it) deadlocks on NCCL. The
+    ping-pong posts its receive after the barrier; the old order is shown to deadlock."""
+    from labsupport.pipeline import comm
+    from nccl_order import RecordingDist, deadlock
+
+    records = _record_pingpong(
+        monkeypatch, lambda rank: comm._pingpong_rank(rank, 2, (8, 64), 4, 1, None))
+    assert deadlock(records) is None
+    # the order it had: the receiver's irecv ahead of its barrier, the sender's send behind it
+    receiver, sender = [], []
+    RecordingDist(1, receiver).irecv(None, 0)
+    RecordingDist(1, receiver).barrier()
+    RecordingDist(0, sender).barrier()
+    RecordingDist(0, sender).isend(None, 1)
+    assert deadlock([sender, receiver]) == (
+        "rank 0 on default waits in barrier; rank 1 on default waits in recv with rank 0")

@@ -491,6 +491,28 @@ def test_counts_agree_with_torch_comm_debug_mode(runs):
                                             "backward": {"c10d.allreduce_": 1}}
 
 
+def _timed_all_reduce(rank, world_size):
+    import time
+
+    import labsupport.devices
+
+    syncs = []
+    labsupport.devices.synchronize = lambda device: syncs.append((str(device),
+                                                                  time.perf_counter_ns()))
+    with count_collectives(timed=True) as log:
+        dist.all_reduce(torch.ones(4))
+    call = log.calls[0]
+    return syncs, call.start, call.end
+
+
+def test_timed_collectives_read_the_clock_on_a_synchronised_device():
+    """Issue #19 item 8's class: on NCCL wait() returns once the stream waits, so the recorder
+    synchronises the tensors' device before the start and after the wait (a no-op on CPU)."""
+    syncs, start, end = labsupport.launch(_timed_all_reduce, 1)[0]
+    assert [d for d, _ in syncs] == ["cpu", "cpu"]
+    assert syncs[0][1] <= start <= syncs[1][1] <= end
+
+
 # ---------------------------------------------------------------- PyTorch's own TP API
 
 def test_matches_torch_parallelize_module(runs, case):

@@ -23,8 +23,32 @@ from ..devices import rank_device, synchronize
 from .manual import make_data, make_model
 
 
-def _ms(t0):
-    return (time.perf_counter_ns() - t0) / 1e6
+class _Clock:
+    """Marks on this rank's device, read as ms since ``start()`` once the step is synchronised.
+
+    CPU: ``perf_counter_ns`` at the mark. GPU: a CUDA event recorded on the current stream, i.e.
+    when the GPU gets there -- a hook runs on the host when its work is *queued* (and NCCL's
+    future completes at once), so host clocks would time the queueing, not the all-reduces.
+    """
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+
+    def start(self):
+        self.origin = self.mark()
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter_ns()
+
+    def ms(self, mark):
+        """Call after ``synchronize``: CUDA events have then completed."""
+        if self.cuda:
+            return self.origin.elapsed_time(mark)
+        return (mark - self.origin) / 1e6
 
 
 def bucket_timeline_rank(rank, world_size, layers=8, width=256, batch=32, bucket_cap_mb=0.3,
@@ -47,22 +71,24 @@ def bucket_timeline_rank(rank, world_size, layers=8, width=256, batch=32, bucket
     x, y = make_data(batch, width)
     per = batch // world_size
     xr, yr = x[rank * per:(rank + 1) * per].to(device), y[rank * per:(rank + 1) * per].to(device)
-    rec = {"t0": 0, "grads": [], "buckets": []}
+    rec = {"grads": [], "buckets": []}
+    clock = _Clock(device)
     names = {p: n for n, p in model.named_parameters()}
 
     def on_grad(p):
-        rec["grads"].append((names[p], _ms(rec["t0"])))
+        rec["grads"].append((names[p], clock.mark()))
 
     for p in model.parameters():
         p.register_post_accumulate_grad_hook(on_grad)
 
     def recording_hook(state, bucket):
         entry = {"index": bucket.index(), "bytes": bucket.buffer().numel() * bucket.buffer().element_size(),
-                 "params": len(bucket.parameters()), "launch": _ms(rec["t0"]), "done": None}
+                 "params": len(bucket.parameters()), "launch": clock.mark(), "done": None}
         rec["buckets"].append(entry)
 
         def done(fut):
-            entry["done"] = _ms(rec["t0"])
+            # on a GPU the callback's current stream already waits for the all-reduce
+            entry["done"] = clock.mark()
             return fut.value()
 
         return allreduce_hook(state, bucket).then(done)
@@ -75,17 +101,22 @@ def bucket_timeline_rank(rank, world_size, layers=8, width=256, batch=32, bucket
         opt.zero_grad(set_to_none=True)
         synchronize(device)
         dist.barrier()
-        rec["t0"] = time.perf_counter_ns()
+        clock.start()
         loss = nn.functional.mse_loss(ddp(xr), yr)
-        b0 = _ms(rec["t0"])
+        b0 = clock.mark()
         loss.backward()
+        b1 = clock.mark()
         synchronize(device)
-        b1 = _ms(rec["t0"])
         opt.step()
+    b0, b1 = clock.ms(b0), clock.ms(b1)
+    grads = [(name, clock.ms(m)) for name, m in rec["grads"]]
+    buckets = [dict(b, launch=clock.ms(b["launch"]),
+                    done=None if b["done"] is None else clock.ms(b["done"]))
+               for b in rec["buckets"]]
     data = ddp._get_ddp_logging_data()
     sizes = data.get("rebuilt_bucket_sizes") or data.get("bucket_sizes", "")
-    return {"backward": (b0, b1), "grads": list(rec["grads"]),
-            "buckets": sorted(rec["buckets"], key=lambda b: b["launch"]),
+    return {"backward": (b0, b1), "grads": grads,
+            "buckets": sorted(buckets, key=lambda b: b["launch"]),
             "bucket_sizes": [int(s) for s in str(sizes).split(",") if s.strip()]}
 
 

@@ -104,9 +104,12 @@ def _pingpong_rank(rank, world_size, sizes, repeats, threads, pipes, busy_ms=3.0
         stamps = []
         for i in range(repeats):
             sender = i % 2  # ping-pong: each side sends in turn, the other waits
-            # the receive is posted early, as the executor posts it
-            work = None if rank == sender else dist.irecv(got, peer)
             dist.barrier()
+            # The receive is posted before the send (the sender sleeps first), as the executor
+            # posts it -- but after the barrier: on NCCL a receive posted before it would queue
+            # ahead of the barrier on the group's one communicator, while the sender's send
+            # queues behind its barrier: each waits for the other (a deadlock gloo never shows).
+            work = None if rank == sender else dist.irecv(got, peer)
             if rank == sender:
                 time.sleep(0.002)  # the receiver is surely asleep inside wait() by now
                 synchronize(device)

@@ -145,14 +145,25 @@ class _CollectiveRecorder(TorchDispatchMode):
     def _timed(self, func, call, args, kwargs):
         # A c10d op only enqueues the work; a synchronous caller (async_op=False) waits for
         # it right after, so waiting here changes nothing and times the real collective.
+        # On a GPU (NCCL) that wait only makes the stream wait: the clock is read after the
+        # device finished -- and started after the compute queued before the call finished,
+        # which the collective would otherwise wait for inside its interval.
+        from ..devices import synchronize
+
         bound = bind(func, args, kwargs)
+        waited = bound.get("async_op", True) is False
+        tensors = handed_tensors(call.op, bound)
+        device = tensors[0].device if tensors else torch.device("cpu")
+        if waited:
+            synchronize(device)
         call.start = time.perf_counter_ns()
         out = func(*args, **kwargs)
-        if bound.get("async_op", True) is False:
+        if waited:
             work = out[-1] if isinstance(out, (tuple, list)) else out
             try:
                 import torch.distributed as dist
                 dist.Work.unbox(work).wait()
+                synchronize(device)
                 call.end = time.perf_counter_ns()
             except (RuntimeError, AttributeError, TypeError):
                 pass
@@ -165,7 +176,8 @@ def count_collectives(timed: bool = False):
 
     Args:
         timed: also record ``perf_counter_ns`` start and end of each synchronous collective
-            (the recorder waits for it, as its caller would right after).
+            (the recorder waits for it, as its caller would right after; on a GPU the device
+            is synchronised before and after, so the interval is the collective's own).
 
     Yields:
         CollectiveLog: ``.calls`` (op, phase, bytes, shapes, group), ``.count(op, phase)``,
