@@ -1,8 +1,9 @@
 """Grading you can trust: tampering and reference copying are caught, never rewarded.
 
 Two made-up labs built on the course's real checks (the cheapest there are): "98_guarded" has
-Lab 03's bubble exercises (pure Python; ``predict_bubble``'s reference is
-``labsupport.pipeline.formulas.bubble_formula``), "97_ranks" Lab 00's ring all-gather on 2 ranks.
+Lab 03's 1F1B-order exercise (pure Python; its reference is
+``labsupport.pipeline.schedules.one_f_one_b``) and Lab 04's partition exercise (pure Python, no
+reference named here), "97_ranks" Lab 00's ring all-gather and Lab 01's column split on 2 ranks.
 Each cheating submission is graded end to end, once, in one module-scoped run.
 """
 import os
@@ -16,11 +17,27 @@ from labsupport import course, grading
 from labsupport.grading import integrity
 
 PCHECKS = "labsupport.pipeline.checks"
-REFERENCE = "labsupport.pipeline.formulas.bubble_formula"
-PREDICT = "def predict_bubble(p, m):\n    ### BEGIN SOLUTION\n    return (p - 1) / (m + p - 1)\n    ### END SOLUTION"
-SMALLEST = ("def smallest_m(p, target):\n    ### BEGIN SOLUTION\n    m = 1\n"
-            "    while (p - 1) / (m + p - 1) > target + 1e-12:\n        m += 1\n    return m\n"
-            "    ### END SOLUTION")
+REFERENCE = "labsupport.pipeline.schedules.one_f_one_b"
+ORDER = """def one_f_one_b_order(stage, stages, microbatches):
+    ### BEGIN SOLUTION
+    warmup = min(stages - stage - 1, microbatches)
+    order = [("F", i) for i in range(warmup)]
+    for i in range(microbatches - warmup):
+        order += [("F", warmup + i), ("B", i)]
+    order += [("B", i) for i in range(microbatches - warmup, microbatches)]
+    return order
+    ### END SOLUTION"""
+PARTITION = """def partition_by_parameters(param_counts, num_stages):
+    ### BEGIN SOLUTION
+    n = len(param_counts)
+    best = None
+    for cuts in itertools.combinations(range(1, n), num_stages - 1):
+        parts = [0, *cuts, n]
+        largest = max(sum(param_counts[a:b]) for a, b in zip(parts, parts[1:]))
+        if best is None or largest < best[0]:
+            best = (largest, parts)
+    return best[1]
+    ### END SOLUTION"""
 RING = """def ring_all_gather(tensor, rank, world_size):
     ### BEGIN SOLUTION
     pieces = [torch.empty_like(tensor) for _ in range(world_size)]
@@ -53,13 +70,16 @@ def _lab(cells):
 
 
 GUARDED = _lab([
-    new_code_cell("import torch\nfrom labsupport.pipeline import checks as pchecks"),
-    _cell(PREDICT, "predict_bubble", reference=[REFERENCE]),
-    _cell("pchecks.check_predict_bubble(predict_bubble)", "check_predict_bubble", 2),
+    new_code_cell("import itertools\nimport torch\nfrom labsupport.pipeline import checks as pchecks\n"
+                  "from labsupport.deepspeed_pipe import checks as dchecks"),
+    _cell(ORDER, "one_f_one_b_order", reference=[REFERENCE]),
+    _cell("pchecks.check_one_f_one_b_order(one_f_one_b_order)", "check_order", 2),
     # A second check of the same exercise: the reference stays watched through it.
-    _cell("pchecks.check_predict_bubble(predict_bubble, cases=[(6, 2), (3, 9)])", "check_predict_bubble_more", 1),
-    _cell(SMALLEST, "smallest_m", reference=[]),
-    _cell("pchecks.check_smallest_m(smallest_m)", "check_smallest_m", 2),
+    _cell("pchecks.check_one_f_one_b_order(one_f_one_b_order, cases=[(5, 7), (3, 1)])",
+          "check_order_more", 1),
+    _cell(PARTITION, "partition_by_parameters", reference=[]),
+    _cell("dchecks.check_partition_by_parameters(partition_by_parameters, n_random=4, max_layers=8)",
+          "check_partition", 2),
 ])
 TPCHECKS = "labsupport.tensor_parallel.checks"
 TP_REFERENCE = "labsupport.tensor_parallel.functional.column_parallel_matmul"
@@ -98,32 +118,37 @@ def _submit(solution, answers, setup=None):
     return nb
 
 
-STUB = "def predict_bubble(p, m):\n    # YOUR CODE HERE\n    raise NotImplementedError()"
-CORRECT = {"predict_bubble": _answer(PREDICT), "smallest_m": _answer(SMALLEST)}
+STUB = "def one_f_one_b_order(stage, stages, microbatches):\n    # YOUR CODE HERE\n    raise NotImplementedError()"
+CORRECT = {"one_f_one_b_order": _answer(ORDER), "partition_by_parameters": _answer(PARTITION)}
 SUBMISSIONS = {
     "98_guarded": {
         "correct": CORRECT,
         # Unsolved, and the check replaced (the issue's two lines).
-        "patched_check": {"predict_bubble": STUB + f"\nimport {PCHECKS} as c\n"
-                          "c.check_predict_bubble = lambda *a, **k: None"},
-        "patched_allclose": {**CORRECT, "predict_bubble": _answer(PREDICT)
+        "patched_check": {"one_f_one_b_order": STUB + f"\nimport {PCHECKS} as c\n"
+                          "c.check_one_f_one_b_order = lambda *a, **k: None"},
+        "patched_allclose": {**CORRECT, "one_f_one_b_order": _answer(ORDER)
                              + "\ntorch.allclose = lambda *a, **k: True"},
-        "alias_call": {**CORRECT, "predict_bubble": f"from {REFERENCE.rsplit('.', 1)[0]} import "
-                       "bubble_formula as bf\n\ndef predict_bubble(p, m):\n    return bf(p, m)"},
-        "alias_is_reference": {**CORRECT, "predict_bubble": "from labsupport.pipeline import "
-                               "formulas\npredict_bubble = formulas.bubble_formula"},
-        "via_importlib": {**CORRECT, "predict_bubble": (
-            "import importlib\n\ndef predict_bubble(p, m):\n"
-            "    module = importlib.import_module('labsupport.pipeline.' + 'formulas')\n"
-            "    return getattr(module, 'bubble_' + 'formula')(p, m)")},
-        # Allowed: validation from labsupport, and the *earlier* exercise's reference reused.
-        "allowed_imports": {"predict_bubble": "from labsupport.pipeline.schedules import "
-                            "check_sizes\n\ndef predict_bubble(p, m):\n    check_sizes(p, m)\n"
-                            "    return (p - 1) / (m + p - 1)",
-                            "smallest_m": "from labsupport.pipeline.formulas import bubble_formula"
-                            "\n\ndef smallest_m(p, target):\n    m = 1\n"
-                            "    while bubble_formula(p, m) > target + 1e-12:\n        m += 1\n"
-                            "    return m"},
+        "alias_call": {**CORRECT, "one_f_one_b_order": (
+            f"from {REFERENCE.rsplit('.', 1)[0]} import one_f_one_b as ofob\n\n"
+            "def one_f_one_b_order(stage, stages, microbatches):\n"
+            "    return [a[:2] for a in ofob(stages, microbatches)[stage]]")},
+        "alias_is_reference": {**CORRECT, "one_f_one_b_order": (
+            "from labsupport.pipeline import schedules\none_f_one_b_order = schedules.one_f_one_b")},
+        "via_importlib": {**CORRECT, "one_f_one_b_order": (
+            "import importlib\n\ndef one_f_one_b_order(stage, stages, microbatches):\n"
+            "    module = importlib.import_module('labsupport.pipeline.' + 'schedules')\n"
+            "    return [a[:2] for a in getattr(module, 'one_f_one_' + 'b')(stages, microbatches)[stage]]")},
+        # Allowed: validation from labsupport (from the reference's own module, even), and the
+        # *earlier* exercise's reference called in a later exercise (a contrived call: it is the
+        # call that matters, not its use).
+        "allowed_imports": {
+            "one_f_one_b_order": ("from labsupport.pipeline.schedules import check_sizes\n\n"
+                                  + _answer(ORDER).replace(
+                                      "    warmup =", "    check_sizes(stages, microbatches)\n    warmup =", 1)),
+            "partition_by_parameters": ("from labsupport.pipeline.schedules import one_f_one_b\n\n"
+                                        + _answer(PARTITION).replace(
+                                            "    n = len", "    assert len(one_f_one_b(num_stages, 1)) == num_stages\n"
+                                            "    n = len", 1))},
     },
     "97_ranks": {
         "correct": {"ring_all_gather": _answer(RING), "column_parallel": _answer(COLUMN)},
@@ -166,28 +191,28 @@ def _summary(rows):
 
 
 def test_correct_submissions_get_full_marks_no_false_alarm(graded):
-    assert _summary(graded["98_guarded_correct"]) == {"check_predict_bubble": ("passed", 2),
-                                                      "check_predict_bubble_more": ("passed", 1),
-                                                      "check_smallest_m": ("passed", 2)}
+    assert _summary(graded["98_guarded_correct"]) == {"check_order": ("passed", 2),
+                                                      "check_order_more": ("passed", 1),
+                                                      "check_partition": ("passed", 2)}
     assert _summary(graded["97_ranks_correct"]) == {"check_ring_all_gather": ("passed", 3),
                                                     "check_column_parallel": ("passed", 3)}
 
 
 def test_patched_check_function_is_tampered(graded):
     rows = graded["98_guarded_patched_check"]
-    assert _summary(rows) == {"check_predict_bubble": ("tampered", 0),
-                              "check_predict_bubble_more": ("not implemented", 0),
-                              "check_smallest_m": ("not implemented", 0)}
-    assert rows["check_predict_bubble"].message == (
-        f"{PCHECKS}.check_predict_bubble was replaced (in exercise cell 'predict_bubble')")
+    assert _summary(rows) == {"check_order": ("tampered", 0),
+                              "check_order_more": ("not implemented", 0),
+                              "check_partition": ("not implemented", 0)}
+    assert rows["check_order"].message == (
+        f"{PCHECKS}.check_one_f_one_b_order was replaced (in exercise cell 'one_f_one_b_order')")
 
 
 def test_patched_torch_allclose_is_tampered(graded):
     rows = graded["98_guarded_patched_allclose"]
-    assert _summary(rows) == {"check_predict_bubble": ("tampered", 0), "check_predict_bubble_more": ("passed", 1),
-                              "check_smallest_m": ("passed", 2)}
-    assert rows["check_predict_bubble"].message == (
-        "torch.allclose was replaced (in exercise cell 'predict_bubble')")
+    assert _summary(rows) == {"check_order": ("tampered", 0), "check_order_more": ("passed", 1),
+                              "check_partition": ("passed", 2)}
+    assert rows["check_order"].message == (
+        "torch.allclose was replaced (in exercise cell 'one_f_one_b_order')")
 
 
 def test_patch_or_reference_call_inside_a_rank_is_caught(graded):
@@ -202,29 +227,30 @@ def test_patch_or_reference_call_inside_a_rank_is_caught(graded):
 
 
 @pytest.mark.parametrize("who, line", [
-    ("alias_call", "line 4: return bf(p, m)"),
-    ("via_importlib", "line 5: return getattr(module, 'bubble_' + 'formula')(p, m)"),
+    ("alias_call", "line 4: return [a[:2] for a in ofob(stages, microbatches)[stage]]"),
+    ("via_importlib", "line 5: return [a[:2] for a in getattr(module, 'one_f_one_' + 'b')"
+                      "(stages, microbatches)[stage]]"),
 ])
 def test_calling_the_exercises_reference_is_caught_with_the_line(graded, who, line):
     rows = graded[f"98_guarded_{who}"]
-    assert _summary(rows) == {"check_predict_bubble": ("used reference", 0),
-                              "check_predict_bubble_more": ("used reference", 0), "check_smallest_m": ("passed", 2)}
-    for check in ("check_predict_bubble", "check_predict_bubble_more"):
-        assert rows[check].message.startswith(f"called {REFERENCE} from exercise cell 'predict_bubble', {line}")
+    assert _summary(rows) == {"check_order": ("used reference", 0),
+                              "check_order_more": ("used reference", 0), "check_partition": ("passed", 2)}
+    for check in ("check_order", "check_order_more"):
+        assert rows[check].message.startswith(f"called {REFERENCE} from exercise cell 'one_f_one_b_order', {line}")
 
 
 def test_the_reference_itself_as_the_answer_is_caught(graded):
     rows = graded["98_guarded_alias_is_reference"]
-    assert _summary(rows) == {"check_predict_bubble": ("used reference", 0),
-                              "check_predict_bubble_more": ("used reference", 0), "check_smallest_m": ("passed", 2)}
-    assert rows["check_predict_bubble"].message == (
-        f"predict_bubble is {REFERENCE} itself (exercise cell 'predict_bubble')")
+    assert _summary(rows) == {"check_order": ("used reference", 0),
+                              "check_order_more": ("used reference", 0), "check_partition": ("passed", 2)}
+    assert rows["check_order"].message == (
+        f"one_f_one_b_order is {REFERENCE} itself (exercise cell 'one_f_one_b_order')")
 
 
 def test_allowed_labsupport_imports_and_earlier_references_pass(graded):
-    assert _summary(graded["98_guarded_allowed_imports"]) == {"check_predict_bubble": ("passed", 2),
-                                                              "check_predict_bubble_more": ("passed", 1),
-                                                              "check_smallest_m": ("passed", 2)}
+    assert _summary(graded["98_guarded_allowed_imports"]) == {"check_order": ("passed", 2),
+                                                              "check_order_more": ("passed", 1),
+                                                              "check_partition": ("passed", 2)}
 
 
 def test_snapshot_sees_replacements_and_puts_originals_back():
@@ -257,6 +283,9 @@ def test_snapshot_sees_replacements_and_puts_originals_back():
                      "torch.allclose was replaced"]
 
 
+BUBBLE = "labsupport.pipeline.formulas.bubble_formula"
+
+
 def test_monitor_blames_the_students_frame_not_the_checks():
     from labsupport.pipeline import formulas
 
@@ -266,12 +295,12 @@ def test_monitor_blames_the_students_frame_not_the_checks():
     check = {"formulas": formulas, "answer": student["answer"]}
     exec(compile("def check():\n    formulas.bubble_formula(2, 4)\n    return answer(2, 4)\n",
                  "<check>", "exec"), check)
-    monitor.start([REFERENCE])
+    monitor.start([BUBBLE])
     try:
         check["check"]()
     finally:
         assert monitor.stop()
-    assert monitor.found == [(REFERENCE, "<student>", 2, "answer")]
+    assert monitor.found == [(BUBBLE, "<student>", 2, "answer")]
 
 
 def test_every_reference_in_the_solutions_resolves_to_a_function():
