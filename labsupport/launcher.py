@@ -132,7 +132,8 @@ def _run_in_place(fn, args, kwargs, timeout_s, backend, debug):
     import torch.distributed as dist
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         # One GPU per rank *on this node*: compare the GPUs here with the ranks here.
         backend = resolve_backend(int(os.environ.get("LOCAL_WORLD_SIZE", world)), backend)
         device_id = None
@@ -143,7 +144,15 @@ def _run_in_place(fn, args, kwargs, timeout_s, backend, debug):
             os.environ["TORCH_DISTRIBUTED_DEBUG"] = "DETAIL"  # read when the group is created
         dist.init_process_group(process_group_backend(backend), device_id=device_id,
                                 timeout=datetime.timedelta(seconds=timeout_s))
-    return fn(rank, world, *args, **kwargs)
+    result = fn(rank, world, *args, **kwargs)
+    if created:
+        # A rank that exits while a peer still talks to it closes the peer's gloo connection,
+        # and gloo aborts that peer (SIGABRT after its work was done): wait for everyone, then
+        # take the group down before the interpreter does. Not on an exception: the peers may
+        # never reach the barrier, and torchrun tears the job down anyway.
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
 
 
 @dataclass
