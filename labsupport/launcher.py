@@ -145,7 +145,7 @@ def _run_in_place(fn, args, kwargs, timeout_s, backend, debug):
         dist.init_process_group(process_group_backend(backend), device_id=device_id,
                                 timeout=datetime.timedelta(seconds=timeout_s))
     result = fn(rank, world, *args, **kwargs)
-    if created:
+    if created and dist.is_initialized():
         # A rank that exits while a peer still talks to it closes the peer's gloo connection,
         # and gloo aborts that peer (SIGABRT after its work was done): wait for everyone, then
         # take the group down before the interpreter does. Not on an exception: the peers may
