@@ -220,9 +220,27 @@ def test_unknown_backend_is_rejected():
         launch(_sum_ranks, 2, 0, backend="mpi")
 
 
-def test_twenty_back_to_back_launches():
-    for i in range(20):
+def test_back_to_back_launches_leave_nothing_behind(tmp_path, monkeypatch):
+    """A notebook launches cell after cell: each launch must give back its store (port, threads,
+    sockets), files and folders, so that the next one -- the 20th as the 2nd -- starts from the
+    same state. Counted after each launch rather than inferred from many launches succeeding."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where launches keep their files
+    me = psutil.Process()
+
+    def held():
+        return {"open files": me.num_fds(), "threads": me.num_threads(),
+                "sockets": me.net_connections(kind="inet"), "children": me.children(recursive=True),
+                "temp entries": sorted(os.listdir(tmp_path))}
+
+    # The first launch loads what every later one reuses (torch.distributed's store, modules).
+    assert launch(_sum_ranks, 2, 0) == [(0, 2, 1.0, "gloo"), (1, 2, 1.0, "gloo")]
+    first = held()
+    assert first["sockets"] == [] and first["children"] == [] and first["temp entries"] == []
+    for i in range(1, 4):
         assert launch(_sum_ranks, 2, i) == [(0, 2, 1.0 + i, "gloo"), (1, 2, 1.0 + i, "gloo")]
+        assert held() == first, f"launch {i + 1} left {held()}, the first {first}"
 
 
 def test_progress_reports_to_the_parent(capsys):
