@@ -249,19 +249,14 @@ def test_search_rejects_bad_input():
 
 # ---- prediction vs measurement at toy scale ----------------------------------------------
 
-WIRE_REPEATS = 3
-
-
 @pytest.fixture(scope="module")
 def toy_results():
     pytest.importorskip("torch")
     from labsupport.planner import toy
 
     # The loopback counter is one per host: other processes can only add to it, so the least
-    # of several steps is the step's own traffic. Each repeat is one more step of every
-    # multi-rank layout (about 5 s on 2 busy cores); on a loaded shared host the least of 1
-    # was already within 0.5 %, so 3 leave room for a noisy neighbour.
-    return toy.run_toy(wire_repeats=WIRE_REPEATS, rates=False)
+    # of several steps is the step's own traffic.
+    return toy.run_toy(wire_repeats=5, rates=False)
 
 
 def test_toy_layouts_predicted_within_5_percent(toy_results):
@@ -299,8 +294,7 @@ def test_toy_layouts_predicted_within_5_percent(toy_results):
             # TCP framing dominates small messages: here they carry < 1 % of the bytes
             assert cmp["small_message_share"] < 0.01, (name, cmp["smallest_message"])
             assert cmp["host_measured"] == pytest.approx(cmp["host_predicted"], rel=0.05), (
-                f"{name}: loopback saw {cmp['host_measured']} bytes in the least busy of "
-                f"{WIRE_REPEATS} steps, "
+                f"{name}: loopback saw {cmp['host_measured']} bytes in the least busy of 5 steps, "
                 f"predicted {cmp['host_predicted']:.0f}; more means other processes used "
                 "loopback during every step (rerun on a quiet host), less means a lost count")
     print(toy.format_comparison(toy_results))
