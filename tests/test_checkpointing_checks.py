@@ -6,13 +6,11 @@ verdict and on the words of its message (measured on CPU, where byte counts are 
 import math
 import warnings
 
-import nbformat
 import numpy as np
 import pytest
 from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 
 from labsupport import checkpointing as ck
-from labsupport import course, grading
 from labsupport.checkpointing import checks
 from labsupport.checks import CheckFailure
 
@@ -249,63 +247,36 @@ def test_an_unfinished_exercise_says_so(check):
 
 # ---- `labs grade`: a correct, a wrong and a blank answer for each exercise ---------------------
 
-ROOT = course.repo_root(__file__)
-ANSWERS = {
-    "predict_saved_bytes": {
-        "correct": "def predict_saved_bytes(tokens, d, h, checkpoint_middle):\n"
-                   "    return (3 - checkpoint_middle) * tokens * h * 4\n",
-        "wrong": "def predict_saved_bytes(tokens, d, h, checkpoint_middle):\n"
-                 "    return (3 - checkpoint_middle) * tokens * h\n"},
-    "checkpointed_forward": {
-        "correct": "def checkpointed_forward(model, x):\n"
-                   "    mid = lambda h: model.middle(h)\n"
-                   "    return model.last(checkpoint(mid, model.first(x), use_reentrant=False))\n",
-        "wrong": "def checkpointed_forward(model, x):\n"
-                 "    return checkpoint(model.last, model.middle(model.first(x)), use_reentrant=False)\n"},
-    "checkpoint_segments": {
-        "correct": "def checkpoint_segments(blocks, x, segments):\n"
-                   "    import numpy as np\n"
-                   "    for idx in np.array_split(np.arange(len(blocks)), segments):\n"
-                   "        x = checkpoint(blocks[int(idx[0]):int(idx[-1]) + 1], x, use_reentrant=False)\n"
-                   "    return x\n",
-        "wrong": "def checkpoint_segments(blocks, x, segments):\n"
-                 "    return checkpoint_sequential(blocks, segments, x, use_reentrant=False)\n"},
-    "choose_segments": {
-        "correct": "def choose_segments(layers, a, x):\n"
-                   "    return max(1, min(layers, round(math.sqrt(layers * a / x))))\n",
-        "wrong": "def choose_segments(layers, a, x):\n"
-                 "    return round(math.sqrt(layers))\n"},
+# Typical mistakes, as a student would submit them (each also among the *_WRONG above, called
+# directly); the correct answers are the solution's own (graded once for test_grading_labs.py).
+WRONG = {
+    "predict_saved_bytes": "def predict_saved_bytes(tokens, d, h, checkpoint_middle):\n"
+                           "    return (3 - checkpoint_middle) * tokens * h\n",
+    "checkpointed_forward": "def checkpointed_forward(model, x):\n"
+                            "    return checkpoint(model.last, model.middle(model.first(x)), "
+                            "use_reentrant=False)\n",
+    "checkpoint_segments": "def checkpoint_segments(blocks, x, segments):\n"
+                           "    return checkpoint_sequential(blocks, segments, x, use_reentrant=False)\n",
+    "choose_segments": "def choose_segments(layers, a, x):\n"
+                       "    return round(math.sqrt(layers))\n",
 }
 WRONG_WORDS = {"predict_saved_bytes": "number of elements", "checkpointed_forward": "a lone Linear",
                "checkpoint_segments": "not again in backward", "choose_segments": "is √L"}
-ORDER = list(ANSWERS)
+ORDER = list(WRONG)
 STATES = ("correct", "wrong", "blank")
 
 
-def _submission(student, which):
-    nb = nbformat.from_dict(student)
-    for cell in nb.cells:
-        gid = course.nbgrader_meta(cell).get("grade_id")
-        if course.is_exercise_cell(cell) and which[gid] != "blank":
-            cell.source = ANSWERS[gid][which[gid]]
-    return nb
-
-
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    """Three submissions; exercise j is in state (i + j) mod 3 in submission i. Each graded once
-    by `labs grade` (demonstration cells skipped)."""
-    folder = tmp_path_factory.mktemp("lab05_submissions")
-    (lab,) = [lab for lab in grading.load_solutions(ROOT) if lab.path.stem.startswith("05_")]
-    student = nbformat.read(course.find_lab("05", ROOT, "notebooks"), as_version=4)
-    states = {}
-    for i in range(3):
-        which = {gid: STATES[(i + j) % 3] for j, gid in enumerate(ORDER)}
-        path = folder / f"student{i}_05.ipynb"
-        nbformat.write(_submission(student, which), path)
-        for r in grading.grade_submission(path, [lab], timeout_s=300, cell_timeout_s=120):
-            gid = r.grade_id.removeprefix("check_")
-            states[(gid, which[gid])] = r
+def graded(lab_grades):
+    """The solution's answers, and two submissions in which exercise j is wrong in one and blank
+    in the other (alternating); each graded once by `labs grade` (demonstration cells skipped)."""
+    correct = lab_grades.correct("05")
+    states = {(gid, "correct"): correct["check_" + gid] for gid in ORDER}
+    for i in range(2):
+        wrong = [gid for j, gid in enumerate(ORDER) if (i + j) % 2 == 0]
+        rows = lab_grades.grade("05", f"wrong_blank{i}", {gid: WRONG[gid] for gid in wrong})
+        for gid in ORDER:
+            states[(gid, "wrong" if gid in wrong else "blank")] = rows["check_" + gid]
     return states
 
 

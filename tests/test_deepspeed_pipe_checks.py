@@ -3,12 +3,10 @@ reference and answers written differently, and names every typical mistake -- as
 verdict and on its words. Then `labs grade` on the lab: a correct, a wrong and a blank answer
 of each exercise. Needs DeepSpeed (its partition functions as foils, its config code as judge).
 """
-import copy
 import json
 import os
 import re
 
-import nbformat
 import pytest
 import torch
 import torch.nn as nn
@@ -16,7 +14,6 @@ import torch.nn.functional as F
 
 pytest.importorskip("deepspeed")
 
-from labsupport import course, grading  # noqa: E402
 from labsupport import deepspeed_pipe as dsp  # noqa: E402
 from labsupport.checks import CheckFailure  # noqa: E402
 from labsupport.deepspeed_pipe import checks  # noqa: E402
@@ -453,47 +450,32 @@ def loss_fn(outputs, labels):
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
+def graded(lab_grades):
     """Three submissions, each exercise correct in one, wrong in one, blank in one; graded
-    against the solution with its demonstration cells removed (they only show and measure)."""
-    folder = tmp_path_factory.mktemp("lab04_submissions")
-    (lab,) = [lab for lab in grading.load_solutions(REPO) if lab.path.stem.startswith("04_")]
-    lab = copy.deepcopy(lab)
-    lab.nb.cells = [c for c in lab.nb.cells if not course.is_demo_cell(c)]
-    solution = _exercise_cells()
-    setup_correct = solution["pipeline_setup"]
+    against the solution with its demonstration cells skipped (they only show and measure).
+    "correct" is the solution's own answers (its own DP for the partition: calling the course's
+    pipeline.balance_layers, this exercise's reference, is graded "used reference", #17)."""
+    from grading_helpers import solution_answer
+
+    setup_correct = solution_answer("04", "pipeline_setup")
     start, end = setup_correct.index("def loss_fn"), setup_correct.index("def pipeline_config")
     setup_wrong = setup_correct[:start] + WRONG_SETUP_LOSS.lstrip() + setup_correct[end:]
-    # The correct partition is written out (the solution's own DP): calling the course's
-    # pipeline.balance_layers, this exercise's reference, is graded "used reference" (#17).
-    plan = {"s1": {"partition_by_parameters": solution["partition_by_parameters"],
-                   "pipeline_setup": setup_wrong},
-            "s2": {"partition_by_parameters": WRONG_PARTITION},
-            "s3": {"pipeline_setup": setup_correct}}
-    rows = {}
-    for name, answers in plan.items():
-        nb = nbformat.read(os.path.join(REPO, "notebooks", lab.path.name), as_version=4)
-        for cell in nb.cells:
-            gid = course.nbgrader_meta(cell).get("grade_id")
-            if gid in answers:
-                cell.source = answers[gid]
-        nbformat.write(nb, folder / f"{name}.ipynb")
-        rows[name] = {r.grade_id: r for r in grading.grade_submission(
-            folder / f"{name}.ipynb", [lab], timeout_s=300, cell_timeout_s=120)}
-    return rows
+    return {"correct": lab_grades.correct("04"),
+            "s2": lab_grades.grade("04", "s2", {"partition_by_parameters": WRONG_PARTITION}),
+            "s3": lab_grades.grade("04", "s3", {"pipeline_setup": setup_wrong})}
 
 
 def test_grade_partition_exercise(graded):
-    right, wrong, blank = (graded[s]["check_partition_by_parameters"] for s in ("s1", "s2", "s3"))
+    right, wrong, blank = (graded[s]["check_partition_by_parameters"] for s in ("correct", "s2", "s3"))
     assert (right.status, right.points, right.max_points) == ("passed", 3, 3)
     assert (wrong.status, wrong.points) == ("failed", 0) and "largest holds" in wrong.message
     assert blank.status == "not implemented" and "partition_by_parameters" in blank.message
 
 
 def test_grade_setup_exercise(graded):
-    right = [graded["s3"][g] for g in ("check_pipeline_setup", "check_pipeline_training")]
+    right = [graded["correct"][g] for g in ("check_pipeline_setup", "check_pipeline_training")]
     assert [(r.status, r.points, r.max_points) for r in right] == [("passed", 3, 3), ("passed", 2, 2)]
-    wrong = [graded["s1"][g] for g in ("check_pipeline_setup", "check_pipeline_training")]
+    wrong = [graded["s3"][g] for g in ("check_pipeline_setup", "check_pipeline_training")]
     assert [r.status for r in wrong] == ["failed", "failed"]
     assert wrong[0].message.startswith("loss_fn sums over the micro-batch"), wrong[0].message
     assert wrong[1].message.startswith("the set-up check above names what to fix first -- "

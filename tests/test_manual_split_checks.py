@@ -164,27 +164,27 @@ def test_checks_report_unfinished_exercise():
 # --- labs grade: a correct, a wrong and a blank answer for each exercise ----------------------
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    from grading_helpers import grade_answers, solution_answer
+def graded(lab_grades):
+    """"correct": the solution's answers (graded once for tests/test_grading_labs.py too); "b"
+    and "c" give each exercise a wrong answer in one and a blank in the other."""
+    from grading_helpers import solution_answer
 
     split_ok = solution_answer("02", "split_forward")
     step_ok = solution_answer("02", "micro_batch_step")
     split_wrong = split_ok.replace("h = h.to(devices[1])", "h = h")  # no move to devices[1]
     step_wrong = step_ok.replace("* share", "/ chunks")            # right for even splits only
     assert split_wrong != split_ok and step_wrong != step_ok
-    return grade_answers("02", {
-        "a": {"split_forward": split_ok, "micro_batch_step": step_wrong},
-        "b": {"split_forward": split_wrong, "micro_batch_step": None},
-        "c": {"split_forward": None, "micro_batch_step": step_ok},
-    }, tmp_path_factory.mktemp("lab02_submissions"))
+    return {"correct": lab_grades.correct("02"),
+            "b": lab_grades.grade("02", "b", {"split_forward": split_wrong}),
+            "c": lab_grades.grade("02", "c", {"micro_batch_step": step_wrong})}
 
 
 @pytest.mark.parametrize("who, grade_id, status, points, words", [
-    ("a", "check_split_forward", "passed", 3, ""),
+    ("correct", "check_split_forward", "passed", 3, ""),
     ("b", "check_split_forward", "failed", 0, "a stand-in for cuda:0 / cuda:1"),
     ("c", "check_split_forward", "not implemented", 0, "split_forward"),
-    ("c", "check_micro_batch_step", "passed", 3, ""),
-    ("a", "check_micro_batch_step", "failed", 0, "divided by the number of micro-batches"),
+    ("correct", "check_micro_batch_step", "passed", 3, ""),
+    ("c", "check_micro_batch_step", "failed", 0, "divided by the number of micro-batches"),
     ("b", "check_micro_batch_step", "not implemented", 0, "micro_batch_step"),
 ])
 def test_labs_grade_scores_each_exercise(graded, who, grade_id, status, points, words):

@@ -259,29 +259,28 @@ def test_checks_report_unfinished_exercises():
 # --- labs grade: a correct, a wrong and a blank answer for each exercise ----------------------
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    from grading_helpers import grade_answers, solution_answer
+def graded(lab_grades):
+    """"correct": the solution's answers (graded once for tests/test_grading_labs.py too); "b"
+    and "c" give each exercise a wrong answer in one and a blank in the other."""
+    from grading_helpers import solution_answer
 
     loop_ok = solution_answer("03", "stage_loop")
-    order_ok = solution_answer("03", "one_f_one_b_order")
     loop_wrong = loop_ok.replace(" / microbatches\n", "\n")  # the loss not divided by m
     order_wrong = ("def one_f_one_b_order(stage, stages, microbatches):\n"
                    "    return [('F', i) for i in range(microbatches)] + "
                    "[('B', i) for i in range(microbatches)]\n")
     assert loop_wrong != loop_ok
-    return grade_answers("03", {
-        "a": {"stage_loop": loop_ok, "one_f_one_b_order": order_wrong},
-        "b": {"stage_loop": loop_wrong, "one_f_one_b_order": None},
-        "c": {"stage_loop": None, "one_f_one_b_order": order_ok},
-    }, tmp_path_factory.mktemp("lab03_submissions"))
+    return {"correct": lab_grades.correct("03"),
+            "b": lab_grades.grade("03", "b", {"stage_loop": loop_wrong}),
+            "c": lab_grades.grade("03", "c", {"one_f_one_b_order": order_wrong})}
 
 
 @pytest.mark.parametrize("who, grade_id, status, points, words", [
-    ("a", "check_stage_loop", "passed", 5, ""),
+    ("correct", "check_stage_loop", "passed", 5, ""),
     ("b", "check_stage_loop", "failed", 0, "is 4× the one-process gradient"),
     ("c", "check_stage_loop", "not implemented", 0, "stage_loop"),
-    ("c", "check_one_f_one_b_order", "passed", 3, ""),
-    ("a", "check_one_f_one_b_order", "failed", 0, "that is GPipe"),
+    ("correct", "check_one_f_one_b_order", "passed", 3, ""),
+    ("c", "check_one_f_one_b_order", "failed", 0, "that is GPipe"),
     ("b", "check_one_f_one_b_order", "not implemented", 0, "one_f_one_b_order"),
 ])
 def test_labs_grade_scores_each_exercise(graded, who, grade_id, status, points, words):

@@ -1,15 +1,12 @@
 """labsupport.planner.checks (Lab 08): each check accepts two different correct answers and names
 three typical mistakes; `labs grade` scores a correct, a wrong and a blank submission."""
-import nbformat
 import pytest
 
-from labsupport import course, grading
 from labsupport.checks import CheckFailure
 from labsupport.formulas.zero import model_state_bytes
 from labsupport.planner import Layout, ModelSpec, checks, cluster, estimate, preset, search
 
 pytestmark = pytest.mark.lab08
-ROOT = course.repo_root(__file__)
 FP32 = dict(precision="fp32", vocab_parallel=False)
 OTHER = ModelSpec(layers=3, hidden=96, heads=6, vocab=100, seq_len=40, name="another GPT")
 HIDDEN_STATES = [(OTHER, Layout(tp=3, dp=2, zero=1, **FP32)),
@@ -183,31 +180,15 @@ WRONG = {
 }
 
 
-def _answer(source):
-    return "\n".join(line for line in source.splitlines()
-                     if line.strip() not in (course.BEGIN_SOLUTION, course.END_SOLUTION))
-
-
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("lab08")
-    solution = nbformat.read(course.find_lab("08", ROOT), as_version=4)
-    answers = {course.nbgrader_meta(c)["grade_id"]: _answer(c.source) for c in solution.cells
-               if course.is_exercise_cell(c)}
-    assert set(answers) == set(WRONG)
-    for who, sources in (("correct", answers), ("wrong", WRONG), ("blank", {})):
-        student = nbformat.read(course.find_lab("08", ROOT, "notebooks"), as_version=4)
-        for cell in student.cells:
-            gid = course.nbgrader_meta(cell).get("grade_id")
-            if course.is_exercise_cell(cell) and gid in sources:
-                cell.source = sources[gid]
-        nbformat.write(student, folder / f"{who}_08_plan_a_run.ipynb")
-    rows = grading.grade(sorted(str(p) for p in folder.glob("*.ipynb")), root=ROOT,
-                         timeout_s=600, cell_timeout_s=300)
-    out = {}
-    for r in rows:
-        out.setdefault(r.submission.rsplit("/", 1)[-1].split("_")[0], {})[r.grade_id] = r
-    return out
+def graded(lab_grades):
+    """The solution's answers, the wrong ones above and the untouched student notebook, each
+    graded once (the first and last shared with tests/test_grading_labs.py)."""
+    from grading_helpers import solution_answers
+
+    assert set(solution_answers("08")) == set(WRONG)
+    return {"correct": lab_grades.correct("08"), "wrong": lab_grades.grade("08", "wrong", WRONG),
+            "blank": lab_grades.fresh("08")}
 
 
 def test_labs_grade_scores_correct_wrong_and_blank(graded):

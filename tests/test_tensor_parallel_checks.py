@@ -613,12 +613,13 @@ def parallel_mlp_forward(x, fc1, fc2, f, g):
 ''',
 }
 # Three submissions, each exercise correct in one, wrong in another and blank in the third:
-# exercise 1 (column_parallel + row_parallel, graded by check_splits), 2a, 2b.
+# exercise 1 (column_parallel + row_parallel, graded by check_splits), 2a, 2b. "correct" is the
+# solution's answers, graded once for tests/test_grading_labs.py too.
 EXERCISES = {"check_splits": ("column_parallel", "row_parallel"), "check_f_and_g": ("f_and_g",),
              "check_parallel_mlp": ("parallel_mlp_forward",)}
-PLAN = {"anna": {"check_splits": "correct", "check_f_and_g": "wrong", "check_parallel_mlp": "blank"},
-        "ben": {"check_splits": "wrong", "check_f_and_g": "blank", "check_parallel_mlp": "correct"},
-        "cleo": {"check_splits": "blank", "check_f_and_g": "correct", "check_parallel_mlp": "wrong"}}
+PLAN = {"correct": dict.fromkeys(EXERCISES, "correct"),
+        "ben": {"check_splits": "wrong", "check_f_and_g": "blank", "check_parallel_mlp": "wrong"},
+        "cleo": {"check_splits": "blank", "check_f_and_g": "wrong", "check_parallel_mlp": "blank"}}
 VERDICTS = {
     ("check_splits", "wrong"): ("failed", "local result before communication"),
     ("check_f_and_g", "wrong"): ("failed", "forgot that g's backward is the identity"),
@@ -627,30 +628,17 @@ VERDICTS = {
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    import nbformat
+def graded(lab_grades):
+    from grading_helpers import solution_answers
 
-    from labsupport import course, grading
-
-    root = course.repo_root(__file__)
-    solution = nbformat.read(course.find_lab("01", root), as_version=4)
-    answers = {course.nbgrader_meta(c)["grade_id"]: "\n".join(
-        line for line in c.source.splitlines()
-        if line.strip() not in (course.BEGIN_SOLUTION, course.END_SOLUTION))
-        for c in solution.cells if course.is_exercise_cell(c)}
-    folder, out = tmp_path_factory.mktemp("lab01_submissions"), {}
+    answers, out = solution_answers("01"), {"correct": lab_grades.correct("01")}
     for student, plan in PLAN.items():
-        nb = nbformat.read(course.find_lab("01", root, "notebooks"), as_version=4)
-        for cell in nb.cells:
-            gid = course.nbgrader_meta(cell).get("grade_id")
-            check = next((k for k, ex in EXERCISES.items() if gid in ex), None)
-            if not course.is_exercise_cell(cell) or check is None or plan[check] == "blank":
-                continue
-            wrong = plan[check] == "wrong" and gid in WRONG_ANSWERS
-            cell.source = WRONG_ANSWERS[gid].strip() if wrong else answers[gid]
-        path = folder / f"{student}_01_tensor_parallel.ipynb"
-        nbformat.write(nb, path)
-        out[student] = {r.grade_id: r for r in grading.grade_submission(path, root=root)}
+        if student == "correct":
+            continue
+        # a wrong exercise: its cells' typical mistakes (a cell without one keeps the solution)
+        out[student] = lab_grades.grade("01", student, {
+            gid: WRONG_ANSWERS[gid].strip() if gid in WRONG_ANSWERS else answers[gid]
+            for check, kind in plan.items() if kind == "wrong" for gid in EXERCISES[check]})
     return out
 
 
