@@ -2,10 +2,10 @@
 in its exercise cells, graded against the lab's solution (demonstration cells skipped, as
 ``labs grade`` does by default: they only measure, and no check cell needs a name they define).
 
-    rows = grade_answers("03", {"right": {"stage_loop": SOURCE, "one_f_one_b_order": None}}, tmp)
-    rows["right"]["check_stage_loop"].status   # 'passed', 'failed', 'not implemented', ...
+    rows = lab_grades.grade("03", "wrong_loop", {"stage_loop": SOURCE})   # the session fixture
+    rows["check_stage_loop"].status   # 'passed', 'failed', 'not implemented', ...
 
-An answer of ``None`` leaves the exercise as the student notebook has it (blank: the stub).
+An exercise without an answer stays as the student notebook has it (blank: the stub).
 
 Grading a real lab costs seconds per check (each launches ranks), so the suite grades each
 submission once: :class:`LabGrades` (the session fixture ``lab_grades`` in tests/conftest.py)
@@ -48,18 +48,6 @@ def _unmarked(source):
 def solution_answer(lab, grade_id):
     """The solution's answer to one exercise, as a student would write it (no markers)."""
     return solution_answers(lab)[grade_id]
-
-
-def grade_answers(lab, submissions, folder):
-    """{name: {grade_id: answer source | None}} -> {name: {check grade_id: CheckResult}}."""
-    labs = grading.load_solutions(ROOT)
-    student = course.find_lab(lab, ROOT, "notebooks")
-    out = {}
-    for name, answers in submissions.items():
-        path = folder / f"{student.stem}_{name}.ipynb"
-        nbformat.write(answers_filled(nbformat.read(student, as_version=4), answers), path)
-        out[name] = {r.grade_id: r for r in grading.grade_submission(path, labs)}
-    return out
 
 
 class LabGrades:
