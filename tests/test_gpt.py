@@ -29,8 +29,8 @@ import torch
 
 import labsupport
 from labsupport.gpt import (GPT, Layout, RunConfig, build_stage, check_run, corpus_facts,
-                            corpus_tokens, gpt_config, mesh_ranks, train_parallel, train_rank,
-                            train_reference)
+                            corpus_tokens, gpt_config, mesh_ranks, train_parallel,
+                            train_parallel_runs, train_rank, train_reference)
 from labsupport.gpt import report, traffic
 from labsupport.tensor_parallel import padded_vocab_size
 
@@ -96,6 +96,12 @@ def test_sequence_parallel_bad_input_names_the_fix(monkeypatch):
     run = RunConfig(model=CFG, steps=2, layout=Layout(tp=2, sequence_parallel=True))
     with pytest.raises(ValueError, match=r"tensor parallel only.*leave 'block' out of pieces"):
         train_parallel(run, pieces={"block": object})
+    # one launch, pieces per run: the SP run must still refuse a TP-only block, before launch
+    tp_only = RunConfig(model=CFG, steps=2, layout=Layout(tp=2))
+    with pytest.raises(ValueError, match=r"tensor parallel only"):
+        train_parallel_runs([tp_only, run], pieces=[{"block": object}, {"block": object}])
+    with pytest.raises(ValueError, match="pieces has 1 entries for 2 runs"):
+        train_parallel_runs([tp_only, run], pieces=[None])
     assert str(run.layout) == "dp=1×pp=1×tp=2+SP"
 
 

@@ -183,13 +183,17 @@ def train_parallel(run: RunConfig, *, timeout_s: float = 60, backend=None,
 
 
 def _train_runs(rank, world_size, runs, timeout_s, pieces):
-    return [train_rank(rank, world_size, run, timeout_s, pieces) for run in runs]
+    return [train_rank(rank, world_size, run, timeout_s, p) for run, p in zip(runs, pieces)]
 
 
 def train_parallel_runs(runs: list, *, timeout_s: float = 60, backend=None,
-                        pieces: dict | None = None) -> list:
+                        pieces: dict | list | None = None) -> list:
     """Several runs on the same number of ranks in ONE launch (launches are the slow part); each
     run builds its own mesh, so the layouts may differ (e.g. tp=2 then pp=2 on 2 ranks).
+
+    ``pieces``: one dict for every run (see :func:`train_rank`), or a list with one per run
+    (``None``: the course's parts), e.g. to train a sequence-parallel layout, which cannot use a
+    tensor-parallel-only block, in the same launch as runs with the student's block.
 
     Returns:
         per run, every rank's result dict in rank order.
@@ -200,9 +204,16 @@ def train_parallel_runs(runs: list, *, timeout_s: float = 60, backend=None,
     if len(sizes) != 1:
         raise ValueError(f"train_parallel_runs runs on one set of ranks, but the layouts need "
                          f"{sorted(sizes)} ranks: launch each world size separately")
-    for run in runs:
+    if isinstance(pieces, (list, tuple)):
+        if len(pieces) != len(runs):
+            raise ValueError(f"pieces has {len(pieces)} entries for {len(runs)} runs: pass one "
+                             "dict (or None) per run, or a single dict for all of them")
+        pieces = list(pieces)
+    else:
+        pieces = [pieces] * len(runs)
+    for run, p in zip(runs, pieces):
         check_run(run)
-        check_pieces(run, pieces)
+        check_pieces(run, p)
         run_batches(run)
     per_rank = launch(_train_runs, sizes.pop(), runs, timeout_s, pieces,
                       timeout_s=timeout_s, backend=backend)
