@@ -107,7 +107,6 @@ def main():
             device_id = torch.device("cuda", rank)
         if os.environ.get("LABSUPPORT_HANG_REPORT", "1") != "0":
             recorder.install()  # (before the grader's snapshot: our wrappers are not tampering)
-        guard = _rank_guard()  # (grading) before the payload: code run by unpickling is watched
         store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                               False, timeout=timeout)
         # Rank 0's progress bars report through the parent's store.
@@ -118,6 +117,9 @@ def main():
         dist.init_process_group(process_group_backend(backend),
                                 store=dist.PrefixStore("pg", store), rank=rank,
                                 world_size=world, timeout=timeout, device_id=device_id)
+        # (grading) right before the payload: code run by unpickling is watched, and the
+        # group's set-up above, which no student code touches, does not run under its hook.
+        guard = _rank_guard()
         with open(os.environ["LABSUPPORT_PAYLOAD"], "rb") as f:
             # cloudpickle's output is plain pickle data; CUDA tensors go to this rank's GPU
             fn, args, kwargs = load_payload(f, device_id)

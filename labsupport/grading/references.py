@@ -1,7 +1,10 @@
 """Reference copying: calls of an exercise's reference implementation from the student's code.
 
-While an exercise and its check run, ``Monitor`` installs a ``sys.setprofile`` hook that looks
-only at calls of the references' code objects; for each it walks the caller's frames outward,
+While an exercise and its check run, ``Monitor`` installs a ``sys.settrace`` hook that looks
+only at calls of the references' code objects. A trace hook sees Python frames being entered and
+nothing else (no C calls, no returns) and asks for no line events, so code under it -- the
+hundreds of modules a check's first call may import included -- runs markedly less slowed than
+under a profile hook (``benchmarks/grading.py``: integrity on vs off). For each call it walks the caller's frames outward,
 skipping library code (``labsupport``, the standard library, site-packages): the first notebook
 frame decides -- a solution or check cell is fine, anything else is the student's.
 """
@@ -67,14 +70,15 @@ class Monitor:
         if found and found not in self.found and len(self.found) < 20:
             self.found.append(found)
 
-    def _make_profile(self):
-        # Called on every Python and C call and return while installed: locals only, one test.
+    def _make_trace(self):
+        # Called for every Python frame entered while installed: locals only, one test, and
+        # None back, so that the frame itself is not traced line by line.
         codes, hit = self.codes, self._hit
 
-        def profile(frame, event, arg):
-            if frame.f_code in codes and event == "call":
+        def trace(frame, event, arg):
+            if frame.f_code in codes:
                 hit(frame)
-        return profile
+        return trace
 
     def start(self, references):
         self.codes = {}
@@ -84,16 +88,16 @@ class Monitor:
             except ValueError:  # not importable here (e.g. DeepSpeed missing): nothing to call
                 pass
         if self.codes:
-            self._profile = self._make_profile()
-            sys.setprofile(self._profile)
-            threading.setprofile(self._profile)
+            self._trace = self._make_trace()
+            sys.settrace(self._trace)
+            threading.settrace(self._trace)
 
     def stop(self):
-        """Uninstall; True when the profile hook was still ours (nobody removed it)."""
+        """Uninstall; True when the trace hook was still ours (nobody removed it)."""
         if not self.codes:
             return True
-        intact = sys.getprofile() is self._profile
-        sys.setprofile(None)
-        threading.setprofile(None)
+        intact = sys.gettrace() is self._trace
+        sys.settrace(None)
+        threading.settrace(None)
         self.codes = {}
         return intact
