@@ -128,6 +128,9 @@ SUBMISSIONS = {
                           "c.check_one_f_one_b_order = lambda *a, **k: None"},
         "patched_allclose": {**CORRECT, "one_f_one_b_order": _answer(ORDER)
                              + "\ntorch.allclose = lambda *a, **k: True"},
+        # The reference monitor switched off inside the answer: its check cannot be trusted.
+        "monitor_removed": {**CORRECT, "one_f_one_b_order": _answer(ORDER)
+                            + "\nimport sys\nsys.settrace(None)"},
         "alias_call": {**CORRECT, "one_f_one_b_order": (
             f"from {REFERENCE.rsplit('.', 1)[0]} import one_f_one_b as ofob\n\n"
             "def one_f_one_b_order(stage, stages, microbatches):\n"
@@ -213,6 +216,14 @@ def test_patched_torch_allclose_is_tampered(graded):
                               "check_partition": ("passed", 2)}
     assert rows["check_order"].message == (
         "torch.allclose was replaced (in exercise cell 'one_f_one_b_order')")
+
+
+def test_removing_the_reference_monitor_is_tampered(graded):
+    rows = graded["98_guarded_monitor_removed"]
+    assert _summary(rows) == {"check_order": ("tampered", 0), "check_order_more": ("passed", 1),
+                              "check_partition": ("passed", 2)}
+    assert rows["check_order"].message == (
+        "the grader's call monitor (sys.settrace) was removed (in check 'check_order')")
 
 
 def test_patch_or_reference_call_inside_a_rank_is_caught(graded):

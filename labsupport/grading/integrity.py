@@ -28,7 +28,7 @@ import linecache
 import os
 import sys
 
-from .references import Monitor, defines, reference_code
+from .references import MONITOR_REMOVED, Monitor, defines, reference_code
 from .snapshot import Snapshot
 
 ENV = "LABSUPPORT_GRADING"  # the grading folder (config.json, state.json, reports/)
@@ -108,7 +108,7 @@ class _Kernel:
                                         for r in self.config["exercises"].get(ex, {}).get("reference", [])])
         elif kind == "after_check":
             if not self.monitor.stop():
-                tampered.append(f"the grader's call monitor (sys.settrace) was removed (in {label})")
+                tampered.append(f"{MONITOR_REMOVED} (in {label})")
             used += list(dict.fromkeys(f"called {ref} from {self.where(*where)}"
                                        for ref, *where in self.monitor.found))
             used += self._aliases()
@@ -199,7 +199,7 @@ def rank_guard():
         intact = monitor.stop()
         problems = [sentence for sentence, _ in snapshot.changes()]
         if not intact:
-            problems.append("the grader's call monitor (sys.settrace) was removed")
+            problems.append(MONITOR_REMOVED)
         if not (problems or monitor.found):
             return
         rank = os.environ.get("RANK", "?")

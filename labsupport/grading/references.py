@@ -3,10 +3,11 @@
 While an exercise and its check run, ``Monitor`` installs a ``sys.settrace`` hook that looks
 only at calls of the references' code objects. A trace hook sees Python frames being entered and
 nothing else (no C calls, no returns) and asks for no line events, so code under it -- the
-hundreds of modules a check's first call may import included -- runs markedly less slowed than
-under a profile hook (``benchmarks/grading.py``: integrity on vs off). For each call it walks the caller's frames outward,
-skipping library code (``labsupport``, the standard library, site-packages): the first notebook
-frame decides -- a solution or check cell is fine, anything else is the student's.
+hundreds of modules a check's first call may import included -- is slowed far less than under a
+profile hook (``benchmarks/grading.py``: integrity on vs off). For each call it walks the
+caller's frames outward, skipping library code (``labsupport``, the standard library,
+site-packages): the first notebook frame decides -- a solution or check cell is fine, anything
+else is the student's.
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import sys
 import threading
 
 from .snapshot import resolve
+
+# What ``stop()`` returning False means, in the kernel's and the ranks' reports alike.
+MONITOR_REMOVED = "the grader's call monitor (sys.settrace) was removed"
 
 
 def defines(source, function, line):
